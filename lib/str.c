@@ -1,0 +1,315 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Slices, bounded buffers and strict parsers. The parsers reject anything that is not exactly
+ * a value (no leading spaces, no trailing garbage, no silent overflow) because they read
+ * configuration and protocol fields where a half-understood value is worse than an error.
+ */
+#include <loom/mem.h>
+#include <loom/str.h>
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static inline char lower(char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+}
+
+bool loom_str_ieq(struct loom_str a, struct loom_str b)
+{
+    if (a.len != b.len)
+        return false;
+    for (size_t i = 0; i < a.len; i++)
+        if (lower(a.ptr[i]) != lower(b.ptr[i]))
+            return false;
+    return true;
+}
+
+bool loom_str_has_prefix(struct loom_str s, struct loom_str prefix)
+{
+    return s.len >= prefix.len && (prefix.len == 0 || memcmp(s.ptr, prefix.ptr, prefix.len) == 0);
+}
+
+bool loom_str_has_suffix(struct loom_str s, struct loom_str suffix)
+{
+    return s.len >= suffix.len &&
+           (suffix.len == 0 || memcmp(s.ptr + s.len - suffix.len, suffix.ptr, suffix.len) == 0);
+}
+
+ptrdiff_t loom_str_index(struct loom_str s, char c)
+{
+    const char *p = s.len ? memchr(s.ptr, c, s.len) : NULL;
+    return p ? p - s.ptr : -1;
+}
+
+struct loom_str loom_str_trim(struct loom_str s)
+{
+    while (s.len && (s.ptr[0] == ' ' || s.ptr[0] == '\t')) {
+        s.ptr++;
+        s.len--;
+    }
+    while (s.len && (s.ptr[s.len - 1] == ' ' || s.ptr[s.len - 1] == '\t'))
+        s.len--;
+    return s;
+}
+
+struct loom_str loom_str_cut(struct loom_str s, char sep, struct loom_str *head)
+{
+    ptrdiff_t i = loom_str_index(s, sep);
+    if (i < 0) {
+        *head = s;
+        return LOOM_STR_NULL;
+    }
+    *head = loom_str_make(s.ptr, (size_t)i);
+    return loom_str_make(s.ptr + i + 1, s.len - (size_t)i - 1);
+}
+
+char *loom_str_dup(struct loom_str s)
+{
+    return loom_strndup(s.len ? s.ptr : "", s.len);
+}
+
+loom_err loom_str_to_u64(struct loom_str s, uint64_t *out)
+{
+    if (s.len == 0)
+        return LOOM_EINVAL;
+    uint64_t v = 0;
+    for (size_t i = 0; i < s.len; i++) {
+        unsigned d = (unsigned char)s.ptr[i] - '0';
+        if (d > 9)
+            return LOOM_EINVAL;
+        if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, d, &v))
+            return LOOM_ETOOBIG;
+    }
+    *out = v;
+    return LOOM_OK;
+}
+
+loom_err loom_str_to_i64(struct loom_str s, int64_t *out)
+{
+    bool neg = s.len && s.ptr[0] == '-';
+    if (s.len && (s.ptr[0] == '-' || s.ptr[0] == '+')) {
+        s.ptr++;
+        s.len--;
+    }
+    uint64_t u;
+    loom_err err = loom_str_to_u64(s, &u);
+    if (err)
+        return err;
+    if (neg ? u > (uint64_t)INT64_MAX + 1 : u > (uint64_t)INT64_MAX)
+        return LOOM_ETOOBIG;
+    *out = neg ? (int64_t)(0 - u) : (int64_t)u;
+    return LOOM_OK;
+}
+
+loom_err loom_str_to_double(struct loom_str s, double *out)
+{
+    char tmp[64];
+    if (s.len == 0 || s.len >= sizeof(tmp) || s.ptr[0] == ' ' || s.ptr[0] == '\t')
+        return s.len >= sizeof(tmp) ? LOOM_ETOOBIG : LOOM_EINVAL;
+    memcpy(tmp, s.ptr, s.len);
+    tmp[s.len] = '\0';
+    char *end;
+    errno = 0;
+    double v = strtod(tmp, &end);
+    if (end != tmp + s.len)
+        return LOOM_EINVAL;
+    if (errno == ERANGE && isinf(v))
+        return LOOM_ETOOBIG;
+    *out = v;
+    return LOOM_OK;
+}
+
+loom_err loom_str_to_bool(struct loom_str s, bool *out)
+{
+    static const char *const yes[] = { "true", "1", "yes", "on" };
+    static const char *const no[] = { "false", "0", "no", "off" };
+    for (size_t i = 0; i < 4; i++) {
+        if (loom_str_ieq(s, loom_str_cstr(yes[i]))) {
+            *out = true;
+            return LOOM_OK;
+        }
+        if (loom_str_ieq(s, loom_str_cstr(no[i]))) {
+            *out = false;
+            return LOOM_OK;
+        }
+    }
+    return LOOM_EINVAL;
+}
+
+/* Split "123abc" into the number and the unit; the unit is matched against `units`. */
+static loom_err scaled(struct loom_str s, const char *const *names, const uint64_t *scales,
+                       size_t n, uint64_t default_scale, uint64_t *out)
+{
+    size_t digits = 0;
+    while (digits < s.len && s.ptr[digits] >= '0' && s.ptr[digits] <= '9')
+        digits++;
+    if (digits == 0)
+        return LOOM_EINVAL;
+    uint64_t v;
+    loom_err err = loom_str_to_u64(loom_str_make(s.ptr, digits), &v);
+    if (err)
+        return err;
+    struct loom_str unit = loom_str_make(s.ptr + digits, s.len - digits);
+    uint64_t scale = 0;
+    if (unit.len == 0)
+        scale = default_scale;
+    for (size_t i = 0; i < n && !scale; i++)
+        if (loom_str_eq_cstr(unit, names[i]))
+            scale = scales[i];
+    if (!scale)
+        return LOOM_EINVAL;
+    if (__builtin_mul_overflow(v, scale, out))
+        return LOOM_ETOOBIG;
+    return LOOM_OK;
+}
+
+loom_err loom_str_to_duration_ns(struct loom_str s, uint64_t *out)
+{
+    static const char *const names[] = { "ns", "us", "ms", "s", "m", "h" };
+    static const uint64_t scales[] = { 1, 1000ull, 1000000ull, 1000000000ull,
+                                       60000000000ull, 3600000000000ull };
+    return scaled(s, names, scales, sizeof(names) / sizeof(names[0]), 1000000ull, out);
+}
+
+loom_err loom_str_to_size(struct loom_str s, uint64_t *out)
+{
+    static const char *const names[] = { "B", "KiB", "MiB", "GiB", "kB", "KB", "MB", "GB" };
+    static const uint64_t scales[] = { 1,         1ull << 10, 1ull << 20, 1ull << 30,
+                                       1000ull,   1000ull,    1000000ull, 1000000000ull };
+    return scaled(s, names, scales, sizeof(names) / sizeof(names[0]), 1, out);
+}
+
+void loom_buf_init(struct loom_buf *b, size_t max)
+{
+    b->data = NULL;
+    b->len = b->cap = 0;
+    b->max = max ? max : LOOM_BUF_MAX_DEFAULT;
+}
+
+void loom_buf_release(struct loom_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+loom_err loom_buf_reserve(struct loom_buf *b, size_t n)
+{
+    if (n > b->max - b->len)
+        return LOOM_ETOOBIG;
+    size_t need = b->len + n + 1; /* room for the NUL */
+    if (need <= b->cap)
+        return LOOM_OK;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < need)
+        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    if (cap > b->max + 1)
+        cap = b->max + 1;
+    b->data = loom_realloc(b->data, cap);
+    b->data[b->len] = '\0';
+    b->cap = cap;
+    return LOOM_OK;
+}
+
+loom_err loom_buf_append(struct loom_buf *b, const void *p, size_t n)
+{
+    loom_err err = loom_buf_reserve(b, n);
+    if (err)
+        return err;
+    if (n)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return LOOM_OK;
+}
+
+loom_err loom_buf_putc(struct loom_buf *b, char c)
+{
+    return loom_buf_append(b, &c, 1);
+}
+
+loom_err loom_buf_vprintf(struct loom_buf *b, const char *fmt, va_list ap)
+{
+    va_list ap2;
+    va_copy(ap2, ap);
+    char small[256];
+    int n = vsnprintf(small, sizeof(small), fmt, ap2);
+    va_end(ap2);
+    if (n < 0)
+        return LOOM_EINVAL;
+    if ((size_t)n < sizeof(small))
+        return loom_buf_append(b, small, (size_t)n);
+    loom_err err = loom_buf_reserve(b, (size_t)n);
+    if (err)
+        return err;
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    b->len += (size_t)n;
+    return LOOM_OK;
+}
+
+loom_err loom_buf_printf(struct loom_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    loom_err err = loom_buf_vprintf(b, fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+size_t loom_u64_to_dec(uint64_t v, char *out)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+loom_err loom_buf_append_u64(struct loom_buf *b, uint64_t v)
+{
+    char tmp[20];
+    return loom_buf_append(b, tmp, loom_u64_to_dec(v, tmp));
+}
+
+loom_err loom_buf_append_i64(struct loom_buf *b, int64_t v)
+{
+    char tmp[21];
+    size_t n = 0;
+    uint64_t u = (uint64_t)v;
+    if (v < 0) {
+        tmp[n++] = '-';
+        u = 0 - u;
+    }
+    n += loom_u64_to_dec(u, tmp + n);
+    return loom_buf_append(b, tmp, n);
+}
+
+void loom_buf_consume(struct loom_buf *b, size_t n)
+{
+    if (n >= b->len) {
+        loom_buf_reset(b);
+        return;
+    }
+    memmove(b->data, b->data + n, b->len - n);
+    b->len -= n;
+    b->data[b->len] = '\0';
+}
+
+char *loom_buf_detach(struct loom_buf *b, size_t *len)
+{
+    if (!b->data)
+        loom_buf_reserve(b, 0);
+    char *p = b->data;
+    if (len)
+        *len = b->len;
+    b->data = NULL;
+    b->len = b->cap = 0;
+    return p;
+}
