@@ -332,17 +332,18 @@ static void run_timers(struct loom_loop *loop)
 
 /* ---- the loop ---- */
 
-static int wait_events(struct loom_loop *loop)
+/* Wait for I/O: until the nearest timer, or at most `cap_ns` (UINT64_MAX: no cap). */
+static int wait_events(struct loom_loop *loop, uint64_t cap_ns)
 {
-    bool immediate = loop->defer_head != NULL || atomic_load(&loop->stop);
-    struct timespec ts, *tsp = NULL;
-    if (immediate) {
-        ts.tv_sec = 0;
-        ts.tv_nsec = 0;
-        tsp = &ts;
+    uint64_t wait = cap_ns;
+    if (loop->defer_head != NULL || atomic_load(&loop->stop)) {
+        wait = 0;
     } else if (loop->nheap) {
         uint64_t d = loop->heap[0]->deadline;
-        uint64_t wait = d > loop->now ? d - loop->now : 0;
+        wait = LOOM_MIN(wait, d > loop->now ? d - loop->now : 0);
+    }
+    struct timespec ts = { 0 }, *tsp = NULL;
+    if (wait != UINT64_MAX) {
         ts.tv_sec = (time_t)(wait / LOOM_NS_PER_SEC);
         ts.tv_nsec = (long)(wait % LOOM_NS_PER_SEC);
         tsp = &ts;
@@ -355,40 +356,53 @@ static int wait_events(struct loom_loop *loop)
     }
     int ms = -1;
     if (tsp) {
-        uint64_t ns = (uint64_t)tsp->tv_sec * LOOM_NS_PER_SEC + (uint64_t)tsp->tv_nsec;
-        uint64_t up = (ns + LOOM_NS_PER_MS - 1) / LOOM_NS_PER_MS;
+        uint64_t up = (wait + LOOM_NS_PER_MS - 1) / LOOM_NS_PER_MS;
         ms = up > 1000000 ? 1000000 : (int)up;
     }
     return epoll_wait(loop->epfd, loop->events, LOOP_MAX_EVENTS, ms);
+}
+
+static void iterate(struct loom_loop *loop, uint64_t cap_ns)
+{
+    int n = wait_events(loop, cap_ns);
+    loop->now = loom_now_ns();
+    if (n < 0) {
+        if (errno != EINTR)
+            die("epoll_wait");
+        n = 0;
+    }
+    loop->nevents = n;
+    for (int i = 0; i < n; i++) {
+        struct loom_io *io = loop->events[i].data.ptr;
+        if (!io)
+            continue; /* stopped by an earlier callback of this batch */
+        uint32_t e = loop->events[i].events;
+        unsigned ev = (e & (EPOLLIN | EPOLLRDHUP) ? LOOM_IO_READ : 0u) |
+                      (e & EPOLLOUT ? LOOM_IO_WRITE : 0u) | (e & EPOLLHUP ? LOOM_IO_HUP : 0u) |
+                      (e & EPOLLERR ? LOOM_IO_ERROR : 0u);
+        io->cb(io, ev);
+    }
+    loop->nevents = 0;
+    run_timers(loop);
+    run_deferred(loop);
+}
+
+void loom_loop_run_once(struct loom_loop *loop, uint64_t timeout_ns)
+{
+    struct loom_loop *prev = current_loop;
+    current_loop = loop;
+    loop->now = loom_now_ns();
+    iterate(loop, timeout_ns);
+    current_loop = prev;
 }
 
 void loom_loop_run(struct loom_loop *loop)
 {
     current_loop = loop;
     atomic_store(&loop->stop, false);
-    while (!atomic_load(&loop->stop)) {
-        int n = wait_events(loop);
-        loop->now = loom_now_ns();
-        if (n < 0) {
-            if (errno != EINTR)
-                die("epoll_wait");
-            n = 0;
-        }
-        loop->nevents = n;
-        for (int i = 0; i < n; i++) {
-            struct loom_io *io = loop->events[i].data.ptr;
-            if (!io)
-                continue; /* stopped by an earlier callback of this batch */
-            uint32_t e = loop->events[i].events;
-            unsigned ev = (e & (EPOLLIN | EPOLLRDHUP) ? LOOM_IO_READ : 0u) |
-                          (e & EPOLLOUT ? LOOM_IO_WRITE : 0u) | (e & EPOLLHUP ? LOOM_IO_HUP : 0u) |
-                          (e & EPOLLERR ? LOOM_IO_ERROR : 0u);
-            io->cb(io, ev);
-        }
-        loop->nevents = 0;
-        run_timers(loop);
-        run_deferred(loop);
-    }
+    loop->now = loom_now_ns();
+    while (!atomic_load(&loop->stop))
+        iterate(loop, UINT64_MAX);
     /* Tasks posted by other threads before the stop still run: they may own memory. */
     run_posted(loop);
     run_deferred(loop);

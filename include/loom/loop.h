@@ -27,6 +27,10 @@ void loom_loop_free(struct loom_loop *loop);
 /* Run until loom_loop_stop. Must be called from one thread only, which becomes its owner. */
 void loom_loop_run(struct loom_loop *loop);
 
+/* Run one iteration: wait up to `timeout_ns` for events (0: poll), dispatch them, run due
+ * timers and deferred tasks. For tests, fuzz drivers and blocking clients. */
+void loom_loop_run_once(struct loom_loop *loop, uint64_t timeout_ns);
+
 /* Ask the loop to return from loom_loop_run after the current iteration. Thread-safe. */
 void loom_loop_stop(struct loom_loop *loop);
 
