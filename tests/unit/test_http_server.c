@@ -1,0 +1,761 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Unit tests for the HTTP/1.1 server, through real sockets: a loop thread serves a small route
+ * table and the tests speak raw HTTP to it, so every byte on the wire is under control
+ * (pipelining, fragments, malformed heads, slow clients, disconnects).
+ */
+#include "check.h"
+
+#include <loom/http.h>
+#include <loom/log.h>
+#include <loom/net.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* ---- handlers ---- */
+
+static void h_hello(struct loom_http_req *req)
+{
+    loom_http_respond(req, 200, "text/plain", LOOM_STR("hello"));
+}
+
+static void h_echo(struct loom_http_req *req)
+{
+    loom_http_resp_headerf(req, "X-Body-Length", "%zu", req->body.len);
+    loom_http_respond(req, 200, "application/octet-stream", req->body);
+}
+
+static void h_params(struct loom_http_req *req)
+{
+    struct loom_str name = loom_http_req_param(req, "name");
+    struct loom_str version = loom_http_req_param(req, "version");
+    struct loom_str q = LOOM_STR_NULL;
+    loom_http_req_query(req, "q", &q);
+    char out[256];
+    int n = snprintf(out, sizeof(out), "%.*s|%.*s|%.*s", LOOM_STR_FMT(name), LOOM_STR_FMT(version),
+                     LOOM_STR_FMT(q));
+    loom_http_respond(req, 200, "text/plain", loom_str_make(out, (size_t)n));
+}
+
+static void h_rest(struct loom_http_req *req)
+{
+    loom_http_respond(req, 200, "text/plain", loom_http_req_param(req, "rest"));
+}
+
+static void h_trace(struct loom_http_req *req)
+{
+    char out[128];
+    int n = snprintf(out, sizeof(out), "%s %s", req->trace.trace_hex, req->trace.span_hex);
+    loom_http_respond(req, 200, "text/plain", loom_str_make(out, (size_t)n));
+}
+
+static void h_big(struct loom_http_req *req)
+{
+    struct loom_buf b;
+    loom_buf_init(&b, 0);
+    for (int i = 0; i < 200000; i++)
+        loom_buf_putc(&b, (char)('a' + i % 26));
+    loom_http_respond_buf(req, 200, "text/plain", &b);
+}
+
+/* Answers 20 ms later, from a timer: the asynchronous path. */
+struct later {
+    struct loom_timer t;
+    struct loom_http_req *req;
+};
+static atomic_int aborted_count;
+
+static void later_fire(struct loom_timer *t)
+{
+    struct later *l = LOOM_CONTAINER_OF(t, struct later, t);
+    bool was_aborted = loom_http_req_is_aborted(l->req);
+    loom_http_respond(l->req, 200, "text/plain", was_aborted ? LOOM_STR("gone") : LOOM_STR("late"));
+}
+
+static void later_abort(void *arg)
+{
+    LOOM_UNUSED(arg);
+    atomic_fetch_add(&aborted_count, 1);
+}
+
+static void h_async(struct loom_http_req *req)
+{
+    struct later *l = loom_arena_new(req->arena, struct later);
+    l->req = req;
+    loom_timer_init(&l->t, req->loop, later_fire);
+    loom_timer_start(&l->t, 20 * LOOM_NS_PER_MS, 0);
+    loom_http_req_on_abort(req, later_abort, NULL);
+}
+
+static void h_post_only(struct loom_http_req *req)
+{
+    loom_http_respond(req, 201, NULL, LOOM_STR_NULL);
+}
+
+static const struct loom_route routes[] = {
+    { LOOM_HTTP_GET, "/hello", h_hello, 0 },
+    { LOOM_HTTP_POST, "/echo", h_echo, 1000 },
+    { LOOM_HTTP_GET, "/v2/models/{name}/versions/{version}/infer", h_params, 0 },
+    { LOOM_HTTP_GET, "/v2/models/{name}", h_params, 0 },
+    { LOOM_HTTP_GET, "/v2/models/special", h_hello, 0 },
+    { LOOM_HTTP_GET, "/files/{rest...}", h_rest, 0 },
+    { LOOM_HTTP_GET, "/trace", h_trace, 0 },
+    { LOOM_HTTP_GET, "/big", h_big, 0 },
+    { LOOM_HTTP_GET, "/async", h_async, 0 },
+    { LOOM_HTTP_POST, "/async", h_async, 0 },
+    { LOOM_HTTP_POST, "/only-post", h_post_only, 0 },
+    { LOOM_HTTP_DELETE, "/only-post", h_post_only, 0 },
+};
+
+/* ---- the server thread ---- */
+
+static struct loom_loop *loop;
+static struct loom_http_server *server;
+static int port;
+static pthread_t thread;
+
+static void *serve(void *arg)
+{
+    LOOM_UNUSED(arg);
+    loom_loop_run(loop);
+    return NULL;
+}
+
+static void start_server(void)
+{
+    loop = loom_loop_new();
+    struct loom_http_server_config cfg = {
+        .name = "test",
+        .routes = routes,
+        .nroutes = LOOM_ARRAY_SIZE(routes),
+        .limits = { .header_timeout = 300 * LOOM_NS_PER_MS, .idle_timeout = 500 * LOOM_NS_PER_MS },
+    };
+    struct loom_error err = { 0 };
+    server = loom_http_server_new(&cfg, &err);
+    CHECK(server != NULL);
+    CHECK_INT(loom_http_server_listen(server, loop, "127.0.0.1:0", &err), LOOM_OK);
+    port = loom_http_server_port(server);
+    CHECK(port > 0);
+    pthread_create(&thread, NULL, serve, NULL);
+}
+
+struct drain_call {
+    struct loom_task task;
+    atomic_bool drained;
+};
+static struct drain_call drain_call;
+
+static void on_drained(struct loom_http_server *s, struct loom_loop *l, void *arg)
+{
+    LOOM_UNUSED(s);
+    LOOM_UNUSED(l);
+    struct drain_call *d = arg;
+    atomic_store(&d->drained, true);
+}
+
+static void do_drain(struct loom_task *t)
+{
+    struct drain_call *d = LOOM_CONTAINER_OF(t, struct drain_call, task);
+    loom_http_server_drain(server, loop, on_drained, d);
+}
+
+static void stop_server(void)
+{
+    loom_loop_stop(loop);
+    pthread_join(thread, NULL);
+    loom_http_server_free(server);
+    loom_loop_free(loop);
+}
+
+/* ---- a raw client ---- */
+
+static int dial(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK_INT(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    struct timeval tv = { .tv_sec = 5 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+}
+
+static void send_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w <= 0)
+            return;
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+static void send_str(int fd, const char *s)
+{
+    send_all(fd, s, strlen(s));
+}
+
+/* Read until the peer closes (or times out); returns a malloc'd NUL-terminated string. */
+static char *read_all(int fd, size_t *len)
+{
+    struct loom_buf b;
+    loom_buf_init(&b, 0);
+    char tmp[65536];
+    for (;;) {
+        ssize_t n = recv(fd, tmp, sizeof(tmp), 0);
+        if (n <= 0)
+            break;
+        loom_buf_append(&b, tmp, (size_t)n);
+    }
+    return loom_buf_detach(&b, len);
+}
+
+/* Read exactly one response (head + Content-Length body, or the head alone when `head_only`,
+ * as for HEAD). Returns malloc'd text or NULL. */
+static char *read_response_x(int fd, bool head_only)
+{
+    struct loom_buf b;
+    loom_buf_init(&b, 0);
+    size_t need = SIZE_MAX;
+    char c;
+    while (b.len < need) {
+        ssize_t n = recv(fd, &c, 1, 0);
+        if (n <= 0)
+            break;
+        loom_buf_putc(&b, c);
+        if (need == SIZE_MAX && b.len >= 4 && memcmp(b.data + b.len - 4, "\r\n\r\n", 4) == 0) {
+            const char *cl = strcasestr(b.data, "\r\nContent-Length: ");
+            size_t body = cl ? strtoul(cl + 18, NULL, 10) : 0;
+            if (strncmp(b.data, "HTTP/1.1 100", 12) == 0 || head_only)
+                body = 0;
+            need = b.len + body;
+        }
+    }
+    if (b.len == 0) {
+        loom_buf_release(&b);
+        return NULL;
+    }
+    return loom_buf_detach(&b, NULL);
+}
+
+static char *read_response(int fd)
+{
+    return read_response_x(fd, false);
+}
+
+static bool peer_closed(int fd)
+{
+    char c;
+    ssize_t n = recv(fd, &c, 1, 0);
+    return n == 0 || (n < 0 && errno == ECONNRESET);
+}
+
+static int status_of(const char *resp)
+{
+    return resp && strncmp(resp, "HTTP/1.1 ", 9) == 0 ? atoi(resp + 9) : -1;
+}
+
+static const char *body_of(const char *resp)
+{
+    const char *p = resp ? strstr(resp, "\r\n\r\n") : NULL;
+    return p ? p + 4 : "";
+}
+
+/* ---- tests ---- */
+
+static void test_basic_and_keepalive(void)
+{
+    int fd = dial();
+    for (int i = 0; i < 3; i++) {
+        send_str(fd, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+        char *r = read_response(fd);
+        CHECK_INT(status_of(r), 200);
+        CHECK_CONTAINS(r, "\r\nContent-Length: 5\r\n");
+        CHECK_CONTAINS(r, "\r\nContent-Type: text/plain\r\n");
+        CHECK_CONTAINS(r, "\r\nDate: ");
+        CHECK_CONTAINS(r, " GMT\r\n");
+        CHECK_STR(body_of(r), "hello");
+        CHECK(strstr(r, "Connection: close") == NULL);
+        free(r);
+    }
+    close(fd);
+}
+
+static void test_fragments(void)
+{
+    /* The head arrives a byte at a time; the header name and value are split everywhere. */
+    const char *req = "GET /v2/models/m%20x/versions/7/infer?q=a%2Bb+c HTTP/1.1\r\n"
+                      "Host: localhost\r\nX-Long-Header-Name: some value\r\n\r\n";
+    int fd = dial();
+    for (const char *p = req; *p; p++) {
+        send_all(fd, p, 1);
+        if ((p - req) % 7 == 0)
+            usleep(200);
+    }
+    char *r = read_response(fd);
+    CHECK_INT(status_of(r), 200);
+    CHECK_STR(body_of(r), "m x|7|a+b c");
+    free(r);
+    close(fd);
+}
+
+static void test_pipelining(void)
+{
+    int fd = dial();
+    send_str(fd, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+                 "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                 "GET /async HTTP/1.1\r\nHost: x\r\n\r\n"
+                 "GET /v2/models/foo HTTP/1.1\r\nHost: x\r\n\r\n");
+    char *r1 = read_response(fd), *r2 = read_response(fd), *r3 = read_response(fd),
+         *r4 = read_response(fd);
+    CHECK_STR(body_of(r1), "hello");
+    CHECK_STR(body_of(r2), "abc");
+    CHECK_STR(body_of(r3), "late"); /* the async answer keeps its place in line */
+    CHECK_STR(body_of(r4), "foo||");
+    free(r1);
+    free(r2);
+    free(r3);
+    free(r4);
+    close(fd);
+}
+
+static void *send_many(void *arg)
+{
+    int fd = *(int *)arg;
+    const char *one = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
+    struct loom_buf b;
+    loom_buf_init(&b, 0);
+    for (int i = 0; i < 10000; i++)
+        loom_buf_append_cstr(&b, one);
+    loom_buf_append_cstr(&b, "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    send_all(fd, b.data, b.len);
+    loom_buf_release(&b);
+    return NULL;
+}
+
+static void test_pipelining_10k(void)
+{
+    int fd = dial();
+    pthread_t t;
+    pthread_create(&t, NULL, send_many, &fd);
+    size_t len;
+    char *all = read_all(fd, &len);
+    pthread_join(t, NULL);
+    int count = 0;
+    for (const char *p = all; (p = strstr(p, "HTTP/1.1 200 OK\r\n")); p++)
+        count++;
+    CHECK_INT(count, 10001);
+    CHECK_CONTAINS(all + len - 200, "Connection: close");
+    free(all);
+    close(fd);
+}
+
+static void test_chunked_body(void)
+{
+    int fd = dial();
+    send_str(fd, "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\nTrailer: x\r\n\r\n");
+    char *r = read_response(fd);
+    CHECK_INT(status_of(r), 200);
+    CHECK_STR(body_of(r), "hello world");
+    CHECK_CONTAINS(r, "X-Body-Length: 11");
+    free(r);
+    /* The connection is still usable. */
+    send_str(fd, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "hello");
+    free(r);
+    close(fd);
+}
+
+static void test_expect_continue(void)
+{
+    int fd = dial();
+    send_str(fd,
+             "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
+    char *r = read_response(fd);
+    CHECK(r && strncmp(r, "HTTP/1.1 100 Continue\r\n\r\n", 25) == 0);
+    free(r);
+    send_str(fd, "ping");
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 200);
+    CHECK_STR(body_of(r), "ping");
+    free(r);
+    /* Too large: 413 instead of 100, and the body is never read. */
+    send_str(
+        fd,
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n");
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 413);
+    CHECK_CONTAINS(r, "Connection: close");
+    CHECK(peer_closed(fd));
+    free(r);
+    close(fd);
+    fd = dial();
+    send_str(fd,
+             "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: teapot\r\n\r\nping");
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 417);
+    free(r);
+    close(fd);
+}
+
+/* Send `req`, expect `status`, a JSON error body, and the connection closed. */
+static void expect_refusal(const char *req, size_t len, int status, const char *msg_part)
+{
+    int fd = dial();
+    send_all(fd, req, len);
+    char *r = read_response(fd);
+    CHECK_INT(status_of(r), status);
+    CHECK_CONTAINS(r, "Connection: close");
+    CHECK_CONTAINS(body_of(r), "{\"error\":\"");
+    if (msg_part)
+        CHECK_CONTAINS(body_of(r), msg_part);
+    CHECK(peer_closed(fd));
+    free(r);
+    close(fd);
+}
+
+static void test_bad_requests(void)
+{
+#define REFUSE(req, status, msg) expect_refusal(req, sizeof(req) - 1, status, msg)
+    REFUSE(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "3\r\nabc\r\n0\r\n\r\n",
+        400, NULL);
+    REFUSE(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+        "3\r\nabc\r\n0\r\n\r\n",
+        400, NULL);
+    REFUSE("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+           "chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+           400, "chunk size");
+    REFUSE("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc", 400,
+           "Transfer-Encoding");
+    REFUSE("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+           400, NULL);
+    REFUSE("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400, NULL);
+    REFUSE("GET /hello HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n", 400, NULL);
+    REFUSE("GET /hello HTTP/2.0\r\nHost: x\r\n\r\n", 505, NULL);
+    REFUSE("GARBAGE\r\n\r\n", 400, NULL);
+    REFUSE("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n", 413, NULL);
+    REFUSE("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+           "3e9\r\n",
+           413, NULL);
+#undef REFUSE
+    /* Chunked body that grows past the limit over several chunks. */
+    struct loom_buf b;
+    loom_buf_init(&b, 0);
+    loom_buf_append_cstr(&b,
+                         "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for (int i = 0; i < 30; i++) {
+        loom_buf_append_cstr(&b, "40\r\n");
+        for (int j = 0; j < 64; j++)
+            loom_buf_putc(&b, 'z');
+        loom_buf_append_cstr(&b, "\r\n");
+    }
+    expect_refusal(b.data, b.len, 413, NULL);
+    /* A head over 32 KiB: 431. */
+    loom_buf_reset(&b);
+    loom_buf_append_cstr(&b, "GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: ");
+    for (int i = 0; i < 40000; i++)
+        loom_buf_putc(&b, 'a');
+    loom_buf_append_cstr(&b, "\r\n\r\n");
+    expect_refusal(b.data, b.len, 431, NULL);
+    /* Many small headers: 431 too. */
+    loom_buf_reset(&b);
+    loom_buf_append_cstr(&b, "GET /hello HTTP/1.1\r\nHost: x\r\n");
+    for (int i = 0; i < 150; i++)
+        loom_buf_printf(&b, "X-H%d: v\r\n", i);
+    loom_buf_append_cstr(&b, "\r\n");
+    expect_refusal(b.data, b.len, 431, "too many");
+    /* A URL over the limit. */
+    loom_buf_reset(&b);
+    loom_buf_append_cstr(&b, "GET /");
+    for (int i = 0; i < 40000; i++)
+        loom_buf_putc(&b, 'u');
+    loom_buf_append_cstr(&b, " HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect_refusal(b.data, b.len, 431, NULL);
+    loom_buf_release(&b);
+}
+
+static void test_routing_errors(void)
+{
+    int fd = dial();
+    send_str(fd, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    char *r = read_response(fd);
+    CHECK_INT(status_of(r), 404);
+    CHECK_CONTAINS(r, "Content-Type: application/json");
+    CHECK_CONTAINS(body_of(r), "no route for /nope");
+    free(r);
+    /* The connection survives a 404 without a body. */
+    send_str(fd, "GET /only-post HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 405);
+    CHECK_CONTAINS(r, "\r\nAllow: POST, DELETE\r\n");
+    free(r);
+    send_str(fd, "POST /only-post HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 201);
+    CHECK_CONTAINS(r, "Content-Length: 0");
+    free(r);
+    send_str(fd, "GET /v2/models/special HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "hello"); /* the literal wins over {name} */
+    free(r);
+    send_str(fd, "GET /files/a/b/c.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "a/b/c.txt");
+    free(r);
+    send_str(fd, "HEAD /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response_x(fd, true);
+    CHECK_INT(status_of(r), 200);
+    CHECK_CONTAINS(r, "Content-Length: 5");
+    free(r);
+    send_str(fd, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"); /* no body was sent for HEAD */
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "hello");
+    free(r);
+    send_str(fd, "BREW /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response(fd);
+    CHECK(status_of(r) == 501 || status_of(r) == 400);
+    free(r);
+    close(fd);
+    /* HTTP/1.1 without Host */
+    fd = dial();
+    send_str(fd, "GET /hello HTTP/1.1\r\n\r\n");
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 400);
+    CHECK_CONTAINS(body_of(r), "Host");
+    free(r);
+    close(fd);
+    /* Malformed escape in a path parameter */
+    fd = dial();
+    send_str(fd, "GET /v2/models/a%zz HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 400);
+    free(r);
+    close(fd);
+}
+
+static void test_http10(void)
+{
+    int fd = dial();
+    send_str(fd, "GET /hello HTTP/1.0\r\n\r\n");
+    size_t len;
+    char *r = read_all(fd, &len);
+    CHECK_INT(status_of(r), 200);
+    CHECK_CONTAINS(r, "Connection: close");
+    CHECK_STR(body_of(r), "hello");
+    free(r);
+    close(fd);
+}
+
+static void test_timeouts(void)
+{
+    /* Slowloris: a head that never completes gets 408 after the header timeout. */
+    int fd = dial();
+    send_str(fd, "GET /hello HTTP/1.1\r\nHost: x\r\n");
+    uint64_t t0 = loom_now_ns();
+    for (int i = 0; i < 10; i++) {
+        usleep(50000);
+        send_str(fd, "X: y\r\n"); /* trickling bytes does not extend the deadline */
+    }
+    char *r = read_response(fd);
+    uint64_t waited = loom_now_ns() - t0;
+    CHECK_INT(status_of(r), 408);
+    CHECK(waited < 2 * LOOM_NS_PER_SEC);
+    CHECK(peer_closed(fd));
+    free(r);
+    close(fd);
+    /* An idle keep-alive connection is closed quietly. */
+    fd = dial();
+    send_str(fd, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 200);
+    free(r);
+    t0 = loom_now_ns();
+    CHECK(peer_closed(fd));
+    waited = loom_now_ns() - t0;
+    CHECK(waited >= 400 * LOOM_NS_PER_MS && waited < 2 * LOOM_NS_PER_SEC);
+    close(fd);
+    /* A connection that never sends anything is closed after the header timeout. */
+    fd = dial();
+    CHECK(peer_closed(fd));
+    close(fd);
+    /* A stalled body gets 408 after the idle timeout. */
+    fd = dial();
+    send_str(fd, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc");
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 408);
+    free(r);
+    close(fd);
+}
+
+static void test_trace(void)
+{
+    int fd = dial();
+    send_str(fd, "GET /trace HTTP/1.1\r\nHost: x\r\n"
+                 "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n");
+    char *r = read_response(fd);
+    CHECK(strncmp(body_of(r), "4bf92f3577b34da6a3ce929d0e0e4736 ", 33) == 0);
+    CHECK(strstr(body_of(r), "00f067aa0ba902b7") == NULL); /* a new span of our own */
+    free(r);
+    send_str(fd, "GET /trace HTTP/1.1\r\nHost: x\r\ntraceparent: garbage\r\n\r\n");
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 200); /* a bad traceparent starts a new trace */
+    CHECK_UINT(strlen(body_of(r)), 32 + 1 + 16);
+    free(r);
+    close(fd);
+}
+
+static void test_big_response(void)
+{
+    int fd = dial();
+    send_str(fd, "GET /big HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    char *r = read_response(fd);
+    CHECK_INT(status_of(r), 200);
+    const char *body = body_of(r);
+    CHECK_UINT(strlen(body), 200000);
+    CHECK(body[199999] == (char)('a' + 199999 % 26));
+    free(r);
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "hello");
+    free(r);
+    close(fd);
+}
+
+static void test_abort(void)
+{
+    /* The client leaves while the handler is working: the abort hook runs, the late answer is
+     * dropped, and the server keeps serving. */
+    atomic_store(&aborted_count, 0);
+    for (int i = 0; i < 5; i++) {
+        int fd = dial();
+        send_str(fd, "GET /async HTTP/1.1\r\nHost: x\r\n\r\n");
+        usleep(2000);
+        close(fd);
+    }
+    usleep(100000);
+    CHECK_INT(atomic_load(&aborted_count), 5);
+    /* Mid-head and mid-body disconnects. */
+    for (int i = 0; i < 5; i++) {
+        int fd = dial();
+        send_str(fd, i % 2 ? "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab"
+                           : "GET /hel");
+        close(fd);
+    }
+    int fd = dial();
+    send_str(fd, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    char *r = read_response(fd);
+    CHECK_INT(status_of(r), 200);
+    free(r);
+    close(fd);
+}
+
+static void test_drain(void)
+{
+    int busy = dial();
+    send_str(busy, "GET /async HTTP/1.1\r\nHost: x\r\n\r\n");
+    int idle = dial();
+    send_str(idle, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    char *r = read_response(idle);
+    free(r);
+    usleep(5000);
+    loom_loop_post(loop, &drain_call.task, do_drain);
+    /* The idle connection is closed; the busy one is answered with Connection: close. */
+    CHECK(peer_closed(idle));
+    r = read_response(busy);
+    CHECK_INT(status_of(r), 200);
+    CHECK_STR(body_of(r), "late");
+    CHECK_CONTAINS(r, "Connection: close");
+    CHECK(peer_closed(busy));
+    free(r);
+    usleep(20000);
+    CHECK(atomic_load(&drain_call.drained));
+    /* No longer accepting. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0);
+    close(fd);
+    close(idle);
+    close(busy);
+}
+
+static void test_router_table_errors(void)
+{
+    struct loom_error err = { 0 };
+    static const struct loom_route dup[] = {
+        { LOOM_HTTP_GET, "/a/{x}", h_hello, 0 },
+        { LOOM_HTTP_GET, "/a/{x}", h_hello, 0 },
+    };
+    CHECK(loom_router_new(dup, 2, &err) == NULL);
+    CHECK_CONTAINS(err.msg, "declared twice");
+    static const struct loom_route bad1[] = { { LOOM_HTTP_GET, "a", h_hello, 0 } };
+    CHECK(loom_router_new(bad1, 1, &err) == NULL);
+    static const struct loom_route bad2[] = { { LOOM_HTTP_GET, "/a/x{y}", h_hello, 0 } };
+    CHECK(loom_router_new(bad2, 1, &err) == NULL);
+    CHECK_CONTAINS(err.msg, "whole segment");
+    static const struct loom_route bad3[] = { { LOOM_HTTP_GET, "/a/{r...}/b", h_hello, 0 } };
+    CHECK(loom_router_new(bad3, 1, &err) == NULL);
+    static const struct loom_route bad4[] = { { LOOM_HTTP_GET, "/a/{x}/{x}", h_hello, 0 } };
+    CHECK(loom_router_new(bad4, 1, &err) == NULL);
+    /* Matching details, straight on the router. */
+    struct loom_router *r = loom_router_new(routes, LOOM_ARRAY_SIZE(routes), &err);
+    struct loom_route_match m;
+    loom_router_match(r, LOOM_HTTP_GET, LOOM_STR("/v2/models/x/versions/3/infer"), &m);
+    CHECK(m.route == &routes[2]);
+    CHECK_INT(m.nparams, 2);
+    CHECK_SLICE(m.names[0], "name");
+    CHECK_SLICE(m.values[0], "x");
+    CHECK_SLICE(m.values[1], "3");
+    loom_router_match(r, LOOM_HTTP_GET, LOOM_STR("/v2/models//versions/3/infer"), &m);
+    CHECK(m.route == NULL); /* an empty segment is not a parameter */
+    loom_router_match(r, LOOM_HTTP_GET, LOOM_STR("/files/"), &m);
+    CHECK(m.route == &routes[5]);
+    CHECK_SLICE(m.values[0], "");
+    loom_router_match(r, LOOM_HTTP_PUT, LOOM_STR("/async"), &m);
+    CHECK(m.route == NULL);
+    CHECK_UINT(m.allowed, (1u << LOOM_HTTP_GET) | (1u << LOOM_HTTP_HEAD) | (1u << LOOM_HTTP_POST));
+    loom_router_match(r, LOOM_HTTP_GET, LOOM_STR("/hello/"), &m);
+    CHECK(m.route == NULL && m.allowed == 0);
+    loom_router_free(r);
+    char allow[64];
+    loom_http_allow_list((1u << LOOM_HTTP_GET) | (1u << LOOM_HTTP_DELETE), allow, sizeof(allow));
+    CHECK_STR(allow, "GET, DELETE");
+}
+
+int main(void)
+{
+    loom_log_set_level(LOOM_LOG_WARN);
+    RUN(test_router_table_errors);
+    start_server();
+    RUN(test_basic_and_keepalive);
+    RUN(test_fragments);
+    RUN(test_pipelining);
+    RUN(test_pipelining_10k);
+    RUN(test_chunked_body);
+    RUN(test_expect_continue);
+    RUN(test_bad_requests);
+    RUN(test_routing_errors);
+    RUN(test_http10);
+    RUN(test_timeouts);
+    RUN(test_trace);
+    RUN(test_big_response);
+    RUN(test_abort);
+    RUN(test_drain);
+    stop_server();
+    return check_report();
+}
