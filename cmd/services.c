@@ -1,0 +1,11 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The services built into this binary. */
+#include "cmd.h"
+
+#include "echo/echo.h"
+
+const struct loom_service *const loom_services[] = {
+    &echo_service,
+};
+
+const size_t loom_nservices = sizeof(loom_services) / sizeof(loom_services[0]);
