@@ -1328,16 +1328,10 @@ static void put_quoted(struct loom_buf *b, const char *s)
     loom_buf_putc(b, '"');
 }
 
-/* The shortest decimal form that reads back as the same double. */
 static void put_double(struct loom_buf *b, double d)
 {
-    char tmp[40];
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(tmp, sizeof(tmp), "%.*g", prec, d);
-        if (strtod(tmp, NULL) == d)
-            break;
-    }
-    loom_buf_append_cstr(b, tmp);
+    char tmp[LOOM_FMT_DOUBLE_MAX];
+    loom_buf_append(b, tmp, loom_fmt_double(d, tmp));
 }
 
 static void put_value(const struct loom_conf *conf, struct ref r, struct loom_buf *b)

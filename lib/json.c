@@ -1127,30 +1127,16 @@ void loom_json_write_null(struct loom_json_writer *w)
     loom_json_write_raw(w, LOOM_STR("null"));
 }
 
-/*
- * Integral values print as integers (exact, no exponent, and the fast common case of shapes and
- * counts stored as floats); others take the shortest %g precision that reads back to the same
- * bits. %.6g (float) and %.15g (double) always strip to the shortest form when it has no more
- * digits than that, because those precisions are coarser than the types' spacing.
- */
+/* Numbers print in their shortest round-trip form (loom_fmt_double); NaN and infinities, which
+ * JSON cannot represent, as null. */
 void loom_json_write_double(struct loom_json_writer *w, double v)
 {
     if (!isfinite(v)) {
         loom_json_write_null(w);
         return;
     }
-    if (fabs(v) < 9007199254740992.0 && v == (double)(int64_t)v && !(v == 0 && signbit(v))) {
-        loom_json_write_i64(w, (int64_t)v);
-        return;
-    }
-    char tmp[40];
-    int n = 0;
-    for (int prec = 15; prec <= 17; prec++) {
-        n = snprintf(tmp, sizeof(tmp), "%.*g", prec, v);
-        if (strtod(tmp, NULL) == v)
-            break;
-    }
-    loom_json_write_raw(w, loom_str_make(tmp, (size_t)n));
+    char tmp[LOOM_FMT_DOUBLE_MAX];
+    loom_json_write_raw(w, loom_str_make(tmp, loom_fmt_double(v, tmp)));
 }
 
 void loom_json_write_float(struct loom_json_writer *w, float v)
@@ -1159,16 +1145,6 @@ void loom_json_write_float(struct loom_json_writer *w, float v)
         loom_json_write_null(w);
         return;
     }
-    if (fabsf(v) < 16777216.0f && v == (float)(int32_t)v && !(v == 0 && signbit(v))) {
-        loom_json_write_i64(w, (int32_t)v);
-        return;
-    }
-    char tmp[40];
-    int n = 0;
-    for (int prec = 6; prec <= 9; prec++) {
-        n = snprintf(tmp, sizeof(tmp), "%.*g", prec, (double)v);
-        if (strtof(tmp, NULL) == v)
-            break;
-    }
-    loom_json_write_raw(w, loom_str_make(tmp, (size_t)n));
+    char tmp[LOOM_FMT_DOUBLE_MAX];
+    loom_json_write_raw(w, loom_str_make(tmp, loom_fmt_float(v, tmp)));
 }

@@ -161,20 +161,6 @@ static bool put_str(struct loom_buf *b, const char *s, size_t n, size_t limit)
     return cut;
 }
 
-/* Shortest text that reads back as the same double; whole numbers without an exponent. */
-static size_t fmt_double(double v, char out[32])
-{
-    if (v == trunc(v) && fabs(v) < 1e15)
-        return (size_t)snprintf(out, 32, "%.0f", v);
-    int n = 0;
-    for (int prec = 1; prec <= 17; prec++) {
-        n = snprintf(out, 32, "%.*g", prec, v);
-        if (strtod(out, NULL) == v)
-            break;
-    }
-    return (size_t)n;
-}
-
 /* Append a field's value as JSON; false if it did not fit whole. */
 static bool put_value(struct loom_buf *b, const struct loom_kv *kv, size_t limit, bool *cut)
 {
@@ -207,7 +193,7 @@ static bool put_value(struct loom_buf *b, const struct loom_kv *kv, size_t limit
         break;
     case LOOM_KV_TYPE_DBL:
         if (isfinite(kv->v.d)) {
-            n = fmt_double(kv->v.d, tmp);
+            n = loom_fmt_double(kv->v.d, tmp);
         } else {
             memcpy(tmp, "null", 4);
             n = 4;

@@ -128,25 +128,6 @@ static uint64_t double_to_bits(double d)
     return b;
 }
 
-/* A sample value as Prometheus reads it: NaN, +Inf, -Inf, whole numbers without an exponent,
- * anything else in the shortest form that reads back as the same double. */
-static size_t fmt_value(double v, char out[32])
-{
-    if (isnan(v))
-        return (size_t)snprintf(out, 32, "NaN");
-    if (isinf(v))
-        return (size_t)snprintf(out, 32, v > 0 ? "+Inf" : "-Inf");
-    if (v == trunc(v) && fabs(v) < 1e15)
-        return (size_t)snprintf(out, 32, "%.0f", v);
-    int n = 0;
-    for (int prec = 1; prec <= 17; prec++) {
-        n = snprintf(out, 32, "%.*g", prec, v);
-        if (strtod(out, NULL) == v)
-            break;
-    }
-    return (size_t)n;
-}
-
 static bool has_suffix(const char *s, const char *suffix)
 {
     size_t n = strlen(s), m = strlen(suffix);
@@ -311,7 +292,7 @@ static void put_u64_line(struct render *r, uint64_t v)
 static void put_double_line(struct render *r, double v)
 {
     char tmp[32];
-    size_t n = fmt_value(v, tmp);
+    size_t n = loom_fmt_double(v, tmp);
     tmp[n++] = '\n';
     put(r, tmp, n);
 }
@@ -618,7 +599,7 @@ static struct family *family_new(const struct shape *sh)
         for (size_t i = 0; i < sh->nbounds; i++) {
             char tmp[32], le[48];
             f->bounds[i] = sh->bounds[i];
-            fmt_value(sh->bounds[i], tmp);
+            loom_fmt_double(sh->bounds[i], tmp);
             snprintf(le, sizeof(le), "le=\"%s\"", tmp);
             f->le[i] = loom_strdup(le);
         }

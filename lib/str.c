@@ -8,6 +8,7 @@
 #include <loom/str.h>
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,16 +170,17 @@ static loom_err scaled(struct loom_str s, const char *const *names, const uint64
 loom_err loom_str_to_duration_ns(struct loom_str s, uint64_t *out)
 {
     static const char *const names[] = { "ns", "us", "ms", "s", "m", "h" };
-    static const uint64_t scales[] = { 1, 1000ull, 1000000ull, 1000000000ull,
-                                       60000000000ull, 3600000000000ull };
+    static const uint64_t scales[] = {
+        1, 1000ull, 1000000ull, 1000000000ull, 60000000000ull, 3600000000000ull
+    };
     return scaled(s, names, scales, sizeof(names) / sizeof(names[0]), 1000000ull, out);
 }
 
 loom_err loom_str_to_size(struct loom_str s, uint64_t *out)
 {
     static const char *const names[] = { "B", "KiB", "MiB", "GiB", "kB", "KB", "MB", "GB" };
-    static const uint64_t scales[] = { 1,         1ull << 10, 1ull << 20, 1ull << 30,
-                                       1000ull,   1000ull,    1000000ull, 1000000000ull };
+    static const uint64_t scales[] = { 1,       1ull << 10, 1ull << 20, 1ull << 30,
+                                       1000ull, 1000ull,    1000000ull, 1000000000ull };
     return scaled(s, names, scales, sizeof(names) / sizeof(names[0]), 1, out);
 }
 
@@ -257,6 +259,57 @@ loom_err loom_buf_printf(struct loom_buf *b, const char *fmt, ...)
     loom_err err = loom_buf_vprintf(b, fmt, ap);
     va_end(ap);
     return err;
+}
+
+static size_t fmt_nonfinite(double v, char *out)
+{
+    const char *s = isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf";
+    size_t n = strlen(s);
+    memcpy(out, s, n + 1);
+    return n;
+}
+
+static size_t fmt_integral(double v, char *out)
+{
+    size_t n = 0;
+    if (v < 0)
+        out[n++] = '-';
+    n += loom_u64_to_dec((uint64_t)fabs(v), out + n);
+    out[n] = '\0';
+    return n;
+}
+
+/* For normal numbers %.15g (%.6g for floats) is coarser than the type's spacing, so when it
+ * round-trips it has already stripped to the shortest form, and more digits are tried only when
+ * it does not. Subnormals have fewer significant bits: they start from one digit. */
+size_t loom_fmt_double(double v, char out[LOOM_FMT_DOUBLE_MAX])
+{
+    if (!isfinite(v))
+        return fmt_nonfinite(v, out);
+    if (fabs(v) < 9007199254740992.0 && v == trunc(v) && !(v == 0 && signbit(v)))
+        return fmt_integral(v, out);
+    int n = 0;
+    for (int prec = fabs(v) < DBL_MIN ? 1 : 15; prec <= 17; prec++) {
+        n = snprintf(out, LOOM_FMT_DOUBLE_MAX, "%.*g", prec, v);
+        if (strtod(out, NULL) == v)
+            break;
+    }
+    return (size_t)n;
+}
+
+size_t loom_fmt_float(float v, char out[LOOM_FMT_DOUBLE_MAX])
+{
+    if (!isfinite(v))
+        return fmt_nonfinite(v, out);
+    if (fabsf(v) < 16777216.0f && v == truncf(v) && !(v == 0 && signbit(v)))
+        return fmt_integral(v, out);
+    int n = 0;
+    for (int prec = fabsf(v) < FLT_MIN ? 1 : 6; prec <= 9; prec++) {
+        n = snprintf(out, LOOM_FMT_DOUBLE_MAX, "%.*g", prec, (double)v);
+        if (strtof(out, NULL) == v)
+            break;
+    }
+    return (size_t)n;
 }
 
 size_t loom_u64_to_dec(uint64_t v, char *out)

@@ -130,4 +130,15 @@ static inline struct loom_str loom_buf_str(const struct loom_buf *b)
 /* Write the decimal form of v into out (at least 20 bytes); returns the length, no NUL. */
 size_t loom_u64_to_dec(uint64_t v, char *out);
 
+#define LOOM_FMT_DOUBLE_MAX 32
+
+/*
+ * The shortest text that reads back as the same double (or float): whole numbers below 2^53
+ * (2^24) as plain integers, others with the fewest %g digits that round-trip. NUL-terminated;
+ * returns the length. Non-finite values print as "NaN", "+Inf", "-Inf" (Prometheus' spelling);
+ * callers writing JSON must check isfinite first. Assumes the "C" locale, as all of loom does.
+ */
+size_t loom_fmt_double(double v, char out[LOOM_FMT_DOUBLE_MAX]);
+size_t loom_fmt_float(float v, char out[LOOM_FMT_DOUBLE_MAX]);
+
 #endif

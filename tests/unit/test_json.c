@@ -870,7 +870,7 @@ static void test_writer(void)
     CHECK_STR(written(&b),
               "{\"model_name\":\"fraud\",\"outputs\":[{\"shape\":[1,18446744073709551615,"
               "-9223372036854775808],\"data\":[0.5,0.1,0.1,0.33333334,0.3333333333333333,100,"
-              "-0,null,null,1e-07,3.4028235e+38,1e+300,4.94065645841247e-324],\"ok\":true,"
+              "-0,null,null,1e-07,3.4028235e+38,1e+300,5e-324],\"ok\":true,"
               "\"none\":null,\"nil\":null,\"raw\":{\"x\":[1,2]},\"empty\":{},\"e2\":[]}]}");
 
     /* Escaping: controls, quotes, backslashes; invalid UTF-8 becomes \ufffd. */

@@ -210,7 +210,7 @@ static void test_numbers(void)
                     "v{case=\"sum\"} 0.30000000000000004\n"
                     "v{case=\"big\"} 1e+21\n"
                     "v{case=\"large_int\"} 999999999999999\n"
-                    "v{case=\"e15\"} 1e+15\n"
+                    "v{case=\"e15\"} 1000000000000000\n"
                     "v{case=\"huge\"} 1.2345678901234568e+17\n"
                     "v{case=\"small\"} 1e-07\n"
                     "v{case=\"denormal\"} 5e-324\n"
