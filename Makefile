@@ -5,6 +5,8 @@
 
 JOBS ?= $(shell nproc)
 ARGS ?=
+CMAKE_ARGS ?=
+LOOM_FUZZ_SECONDS ?= 20
 
 .PHONY: all build deps test test-asan test-unit fuzz bench run format clean
 
@@ -14,7 +16,7 @@ deps:
 	@scripts/deps.sh build
 
 build: deps
-	@cmake --preset release >/dev/null
+	@cmake --preset release $(CMAKE_ARGS) >/dev/null
 	@cmake --build --preset release -j $(JOBS)
 
 test: build
@@ -27,12 +29,12 @@ test-unit: build
 # ASan + UBSan build with clang; also runs each fuzzer briefly over its seed corpus.
 test-asan:
 	@scripts/deps.sh test
-	@cmake --preset asan >/dev/null
+	@cmake --preset asan $(CMAKE_ARGS) -DLOOM_FUZZ_SECONDS=$(LOOM_FUZZ_SECONDS) >/dev/null
 	@cmake --build --preset asan -j $(JOBS)
 	@ctest --preset asan $(ARGS)
 
 fuzz:
-	@cmake --preset asan >/dev/null
+	@cmake --preset asan $(CMAKE_ARGS) -DLOOM_FUZZ_SECONDS=$(LOOM_FUZZ_SECONDS) >/dev/null
 	@cmake --build --preset asan -j $(JOBS)
 	@ctest --preset asan -L fuzz $(ARGS)
 
