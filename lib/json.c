@@ -46,7 +46,7 @@ static size_t utf8_seq_len(const unsigned char *p, size_t n)
 loom_err loom_json_escape(struct loom_buf *out, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    const unsigned char *p = (const unsigned char *)s, *end = n ? p + n : p;
     loom_err err = loom_buf_putc(out, '"');
     while (!err && p < end) {
         /* Copy the longest run that needs no escaping in one append. */
