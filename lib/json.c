@@ -132,6 +132,7 @@ struct parser {
     struct loom_arena *arena;
     struct loom_json_tok *toks;
     int ntoks, cap, max_tokens;
+    bool nonfinite; /* limits->allow_nonfinite */
     loom_err code;
     struct loom_error *err;
 };
@@ -351,11 +352,11 @@ static const unsigned char *scan_number(struct parser *ps, const unsigned char *
 }
 
 static const unsigned char *scan_literal(struct parser *ps, const unsigned char *p, const char *lit,
-                                         size_t n, enum loom_json_type type)
+                                         size_t n, enum loom_json_type type, unsigned flags)
 {
     if ((size_t)(ps->end - p) < n || memcmp(p, lit, n) != 0)
         return fail(ps, p, LOOM_EPARSE, "expected a value");
-    if (push(ps, p, p + n, type, 0) < 0)
+    if (push(ps, p, p + n, type, flags) < 0)
         return NULL;
     return p + n;
 }
@@ -385,6 +386,7 @@ loom_err loom_json_parse(const char *src, size_t len, const struct loom_json_lim
     ps.end = ps.base + len;
     ps.arena = arena;
     ps.max_tokens = (int)max_tokens;
+    ps.nonfinite = limits && limits->allow_nonfinite;
     ps.cap = (int)LOOM_MIN(LOOM_MIN(len / 6 + 8, (size_t)1024), (size_t)max_tokens);
     ps.toks = loom_arena_alloc(arena, (size_t)ps.cap * sizeof(*ps.toks));
     ps.err = err;
@@ -435,6 +437,12 @@ value:
         p = scan_string(&ps, p);
         break;
     case '-':
+        if (ps.nonfinite && end - p > 1 && p[1] == 'I') {
+            p = scan_literal(&ps, p, "-Infinity", 9, LOOM_JSON_NUMBER, LOOM_JSON_NONFINITE);
+            break;
+        }
+        p = scan_number(&ps, p);
+        break;
     case '0':
     case '1':
     case '2':
@@ -448,13 +456,23 @@ value:
         p = scan_number(&ps, p);
         break;
     case 't':
-        p = scan_literal(&ps, p, "true", 4, LOOM_JSON_TRUE);
+        p = scan_literal(&ps, p, "true", 4, LOOM_JSON_TRUE, 0);
         break;
     case 'f':
-        p = scan_literal(&ps, p, "false", 5, LOOM_JSON_FALSE);
+        p = scan_literal(&ps, p, "false", 5, LOOM_JSON_FALSE, 0);
         break;
     case 'n':
-        p = scan_literal(&ps, p, "null", 4, LOOM_JSON_NULL);
+        p = scan_literal(&ps, p, "null", 4, LOOM_JSON_NULL, 0);
+        break;
+    case 'N':
+        if (!ps.nonfinite)
+            goto syntax_value;
+        p = scan_literal(&ps, p, "NaN", 3, LOOM_JSON_NUMBER, LOOM_JSON_NONFINITE);
+        break;
+    case 'I':
+        if (!ps.nonfinite)
+            goto syntax_value;
+        p = scan_literal(&ps, p, "Infinity", 8, LOOM_JSON_NUMBER, LOOM_JSON_NONFINITE);
         break;
     default:
         goto syntax_value;
@@ -872,12 +890,36 @@ static bool number_cstr(const struct loom_json_doc *doc, int i, char buf[LOOM_JS
     return true;
 }
 
+/*
+ * The value of a NaN, Infinity or -Infinity token: the tokenizer pushed exactly one of those
+ * three spellings, so the first byte tells them apart. NaN is returned positive and quiet.
+ */
+static bool nonfinite_value(const struct loom_json_doc *doc, int i, double *out)
+{
+    if (!loom_json_is_number(doc, i) || !(doc->toks[i].flags & LOOM_JSON_NONFINITE))
+        return false;
+    struct loom_str s = loom_json_slice(doc, i);
+    if (loom_str_eq_cstr(s, "NaN"))
+        *out = NAN;
+    else if (loom_str_eq_cstr(s, "Infinity"))
+        *out = INFINITY;
+    else if (loom_str_eq_cstr(s, "-Infinity"))
+        *out = -INFINITY;
+    else
+        return false;
+    return true;
+}
+
 loom_err loom_json_to_double(const struct loom_json_doc *doc, int i, double *out)
 {
     struct numparts np;
     uint64_t m;
     int64_t e10;
     double d;
+    if (nonfinite_value(doc, i, &d)) {
+        *out = d;
+        return LOOM_OK;
+    }
     if (!number_split(doc, i, &np))
         return LOOM_EINVAL;
     if (number_mantissa(&np, &m, &e10)) {
@@ -913,6 +955,11 @@ loom_err loom_json_to_float(const struct loom_json_doc *doc, int i, float *out)
     struct numparts np;
     uint64_t m;
     int64_t e10;
+    double nf;
+    if (nonfinite_value(doc, i, &nf)) {
+        *out = (float)nf;
+        return LOOM_OK;
+    }
     if (!number_split(doc, i, &np))
         return LOOM_EINVAL;
     if (number_mantissa(&np, &m, &e10)) {

@@ -39,8 +39,9 @@ enum loom_json_type {
 };
 
 /* Token flags. */
-#define LOOM_JSON_ESCAPED 0x01 /* a string with at least one backslash escape */
-#define LOOM_JSON_INTEGER 0x02 /* a number with neither fraction nor exponent */
+#define LOOM_JSON_ESCAPED   0x01 /* a string with at least one backslash escape */
+#define LOOM_JSON_INTEGER   0x02 /* a number with neither fraction nor exponent */
+#define LOOM_JSON_NONFINITE 0x04 /* NaN, Infinity or -Infinity (only with allow_nonfinite) */
 
 /*
  * One value (or object key) of a document. Offsets are bytes into the source: a string's span
@@ -56,12 +57,20 @@ struct loom_json_tok {
     int32_t next;
 };
 
-/* Ceilings for one parse. A zero field means its default. Offsets are 32-bit, so max_bytes is
- * also clamped to UINT32_MAX. */
+/*
+ * Ceilings for one parse, and one opt-in extension. A zero field means its default. Offsets are
+ * 32-bit, so max_bytes is also clamped to UINT32_MAX.
+ *
+ * allow_nonfinite accepts the bare tokens NaN, Infinity and -Infinity wherever a value may
+ * stand (exactly those spellings, case-sensitive), as number tokens flagged LOOM_JSON_NONFINITE.
+ * They are not RFC 8259 JSON, but XGBoost writes NaN into model files and Python's json module
+ * (hence KServe clients) writes all three for float tensors. Off by default: strict RFC 8259.
+ */
 struct loom_json_limits {
-    uint32_t max_depth;  /* nesting of objects and arrays; default 64 */
-    uint32_t max_tokens; /* default 1 << 20 (at most INT32_MAX) */
-    size_t max_bytes;    /* default LOOM_BUF_MAX_DEFAULT (64 MiB) */
+    uint32_t max_depth;   /* nesting of objects and arrays; default 64 */
+    uint32_t max_tokens;  /* default 1 << 20 (at most INT32_MAX) */
+    size_t max_bytes;     /* default LOOM_BUF_MAX_DEFAULT (64 MiB) */
+    bool allow_nonfinite; /* accept NaN, Infinity, -Infinity as numbers; default false */
 };
 
 #define LOOM_JSON_MAX_DEPTH_DEFAULT  64u
@@ -207,6 +216,8 @@ loom_err loom_json_to_u64(const struct loom_json_doc *doc, int i, uint64_t *out)
  * Number token i correctly rounded to double or to float (directly, as strtof does, not through
  * double). LOOM_EINVAL for a non-number; LOOM_ETOOBIG if the value overflows to infinity or the
  * number is longer than LOOM_JSON_NUMBER_MAX characters. Underflow gives a subnormal or zero.
+ * The tokens NaN, Infinity and -Infinity (parsed with allow_nonfinite) give a quiet NaN and
+ * the infinities; the integer decoders reject them with LOOM_EINVAL.
  */
 loom_err loom_json_to_double(const struct loom_json_doc *doc, int i, double *out);
 loom_err loom_json_to_float(const struct loom_json_doc *doc, int i, float *out);

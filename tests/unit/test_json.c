@@ -1086,6 +1086,85 @@ static void test_roundtrip(void)
     loom_buf_release(&b);
 }
 
+/* The opt-in NaN/Infinity extension: exactly three spellings, as number tokens; off by default. */
+static void test_nonfinite(void)
+{
+    static const struct loom_json_limits ext = { .allow_nonfinite = true };
+    const char *src = "[NaN, Infinity, -Infinity, -0.5, {\"a\": NaN}]";
+    struct loom_json_doc d;
+    struct loom_error e = { 0 };
+    loom_arena_reset(&arena);
+    CHECK_INT(loom_json_parse(src, strlen(src), &ext, &arena, &d, &e), LOOM_OK);
+    CHECK_INT(d.ntoks, 8);
+    CHECK_INT(d.toks[0].size, 5);
+    double x;
+    float f;
+    int64_t v;
+    uint64_t u;
+    CHECK(loom_json_is_number(&d, 1) && !loom_json_is_integer(&d, 1));
+    CHECK(d.toks[1].flags & LOOM_JSON_NONFINITE);
+    CHECK_SLICE(loom_json_slice(&d, 1), "NaN");
+    CHECK_INT(loom_json_to_double(&d, 1, &x), LOOM_OK);
+    CHECK(isnan(x) && !signbit(x));
+    CHECK_INT(loom_json_to_float(&d, 1, &f), LOOM_OK);
+    CHECK(isnan(f));
+    CHECK_INT(loom_json_to_double(&d, 2, &x), LOOM_OK);
+    CHECK(isinf(x) && x > 0);
+    CHECK_INT(loom_json_to_float(&d, 2, &f), LOOM_OK);
+    CHECK(isinf(f) && f > 0);
+    CHECK_SLICE(loom_json_slice(&d, 3), "-Infinity");
+    CHECK_INT(loom_json_to_double(&d, 3, &x), LOOM_OK);
+    CHECK(isinf(x) && x < 0);
+    CHECK_INT(loom_json_to_float(&d, 3, &f), LOOM_OK);
+    CHECK(isinf(f) && f < 0);
+    CHECK(!(d.toks[4].flags & LOOM_JSON_NONFINITE));
+    CHECK_INT(loom_json_to_float(&d, 4, &f), LOOM_OK);
+    CHECK(f == -0.5f);
+    CHECK_INT(loom_json_to_i64(&d, 1, &v), LOOM_EINVAL);
+    CHECK_INT(loom_json_to_u64(&d, 2, &u), LOOM_EINVAL);
+    CHECK_INT(loom_json_to_i64(&d, 3, &v), LOOM_EINVAL);
+    CHECK_INT(loom_json_to_float(&d, loom_json_obj_get(&d, 5, "a"), &f), LOOM_OK);
+    CHECK(isnan(f));
+    /* A top-level value, and a text that only overflows still does (it is not the token). */
+    CHECK_INT(loom_json_parse("-Infinity", 9, &ext, &arena, &d, &e), LOOM_OK);
+    CHECK_INT(d.ntoks, 1);
+    CHECK_INT(loom_json_parse("[1e999]", 7, &ext, &arena, &d, &e), LOOM_OK);
+    CHECK_INT(loom_json_to_double(&d, 1, &x), LOOM_ETOOBIG);
+
+    static const struct bad_case cases[] = {
+        BAD("nan", LOOM_EPARSE, "expected a value at offset 0 (line 1, column 1)"),
+        BAD("[NAN]", LOOM_EPARSE, "expected a value at offset 1 (line 1, column 2)"),
+        BAD("[Inf]", LOOM_EPARSE, "expected a value at offset 1 (line 1, column 2)"),
+        BAD("[+Infinity]", LOOM_EPARSE, "expected a value at offset 1 (line 1, column 2)"),
+        BAD("[-NaN]", LOOM_EPARSE, "expected a digit at offset 2 (line 1, column 3)"),
+        BAD("[-Inf]", LOOM_EPARSE, "expected a value at offset 1 (line 1, column 2)"),
+        BAD("[infinity]", LOOM_EPARSE, "expected a value at offset 1 (line 1, column 2)"),
+        BAD("NaNa", LOOM_EPARSE,
+            "unexpected data after the top-level value at offset 3 (line 1, column 4)"),
+        BAD("[Na", LOOM_EPARSE, "expected a value at offset 1 (line 1, column 2)"),
+        BAD("-", LOOM_EPARSE,
+            "unexpected end of input, expected a digit at offset 1 (line 1, column 2)"),
+        BAD("{NaN:1}", LOOM_EPARSE, "expected a string key or '}' at offset 1 (line 1, column 2)"),
+    };
+    for (size_t k = 0; k < LOOM_ARRAY_SIZE(cases); k++) {
+        struct loom_error ce = { 0 };
+        loom_err err = parse_exact(cases[k].in, cases[k].len, &ext, &ce, NULL);
+        if (err != cases[k].code || strcmp(ce.msg, cases[k].msg) != 0) {
+            check_failures++;
+            fprintf(stderr, "  case %zu (%s): got %s \"%s\"\n    want \"%s\"\n", k, cases[k].in,
+                    loom_err_name(err), ce.msg, cases[k].msg);
+        }
+        check_count++;
+    }
+    /* The default stays strict RFC 8259, whatever the other limits are. */
+    static const struct loom_json_limits strict = { .max_depth = 8 };
+    const char *rejected[] = { "NaN", "[Infinity]", "[-Infinity]", "{\"a\":NaN}" };
+    for (size_t k = 0; k < LOOM_ARRAY_SIZE(rejected); k++) {
+        CHECK_INT(parse_exact(rejected[k], strlen(rejected[k]), NULL, NULL, NULL), LOOM_EPARSE);
+        CHECK_INT(parse_exact(rejected[k], strlen(rejected[k]), &strict, NULL, NULL), LOOM_EPARSE);
+    }
+}
+
 static void test_timing(void)
 {
     struct loom_json_doc d;
@@ -1133,6 +1212,7 @@ int main(void)
     RUN(test_floats);
     RUN(test_writer);
     RUN(test_roundtrip);
+    RUN(test_nonfinite);
     RUN(test_timing);
     loom_arena_release(&arena);
     return check_report();
