@@ -950,12 +950,92 @@ static bool is_float_midpoint(double d)
     return (bits & 0x1fffffff) == 0x10000000;
 }
 
+/*
+ * The common case of a float tensor element, in one pass over the token: the first 19
+ * significant digits in a uint64 (later digits only set `truncated`), scaled by an exact power
+ * of ten in double. Two roundings (m to double, then the scaling) and the truncated digits
+ * leave the double within ~2 ulps of the exact value; rounding it to float is then exact
+ * unless a float midpoint lies within that distance, which the low mantissa bits tell: those
+ * rare cases, and everything outside the ranges here, return false for the careful path. This
+ * is what makes the 17-digit text of float32 values that Python clients send cheap to read.
+ */
+static bool fast_float(const char *p, const char *end, float *out)
+{
+#if FLT_EVAL_METHOD == 0
+    bool neg = p < end && *p == '-';
+    p += neg;
+    uint64_t m = 0;
+    int digits = 0;   /* significant digits kept in m */
+    int64_t e10 = 0;  /* value = m * 10^e10 (+ truncated) */
+    bool seen_point = false;
+    for (; p < end; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (d <= 9) {
+            if (digits < 19) {
+                if (m || d) {
+                    m = m * 10 + d;
+                    digits++;
+                }
+                e10 -= seen_point;
+            } else {
+                e10 += !seen_point; /* dropped integer digit: scale up; dropped fraction digit:
+                                       nothing */
+            }
+        } else if (*p == '.' && !seen_point) {
+            seen_point = true;
+        } else {
+            break;
+        }
+    }
+    if (p < end) {
+        if (*p != 'e' && *p != 'E')
+            return false;
+        p++;
+        bool eneg = p < end && *p == '-';
+        p += p < end && (*p == '-' || *p == '+');
+        int64_t e = 0;
+        for (; p < end && (unsigned)(*p - '0') <= 9 && e < 100000; p++)
+            e = e * 10 + (*p - '0');
+        if (p != end)
+            return false;
+        e10 += eneg ? -e : e;
+    }
+    if (m == 0) {
+        *out = neg ? -0.0f : 0.0f;
+        return true;
+    }
+    if (e10 < -22 || e10 > 22)
+        return false;
+    double d = (double)m;
+    d = e10 < 0 ? d / pow10_d[-e10] : d * pow10_d[e10];
+    if (d < FLT_MIN || d > FLT_MAX)
+        return false;
+    uint64_t bits;
+    memcpy(&bits, &d, sizeof(bits));
+    uint64_t low = bits & 0x1fffffff; /* the 29 bits a float drops; 0x10000000 is a midpoint */
+    if (low > 0x10000000 - 8 && low < 0x10000000 + 8)
+        return false;
+    float f = (float)d;
+    *out = neg ? -f : f;
+    return true;
+#else
+    LOOM_UNUSED(p);
+    LOOM_UNUSED(end);
+    LOOM_UNUSED(out);
+    return false;
+#endif
+}
+
 loom_err loom_json_to_float(const struct loom_json_doc *doc, int i, float *out)
 {
     struct numparts np;
     uint64_t m;
     int64_t e10;
     double nf;
+    const struct loom_json_tok *t = &doc->toks[i];
+    if (t->type == LOOM_JSON_NUMBER && !(t->flags & LOOM_JSON_NONFINITE) &&
+        fast_float(doc->src + t->start, doc->src + t->end, out))
+        return LOOM_OK;
     if (nonfinite_value(doc, i, &nf)) {
         *out = (float)nf;
         return LOOM_OK;

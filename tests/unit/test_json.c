@@ -762,7 +762,9 @@ static void test_floats(void)
     CHECK_INT(loom_json_to_float(&d, 0, &f), LOOM_OK);
     tok.end = LOOM_JSON_NUMBER_MAX + 1;
     CHECK_INT(loom_json_to_double(&d, 0, &x), LOOM_ETOOBIG);
-    CHECK_INT(loom_json_to_float(&d, 0, &f), LOOM_ETOOBIG);
+    /* Floats read any number of digits in one pass (the fast path truncates past 19). */
+    CHECK_INT(loom_json_to_float(&d, 0, &f), LOOM_OK);
+    CHECK(f == strtof("1.1111111111111111111111", NULL));
 
     /* Random decimals, bit-identical to libc: short ones that take the fast paths, long ones
      * that do not, and exponents reaching subnormals and overflow. */
@@ -790,6 +792,24 @@ static void test_floats(void)
     }
     CHECK_INT(bad_f, 0);
     CHECK_INT(bad_d, 0);
+
+    /* What Python clients send: float32 values widened to double and printed in full
+     * (json.dumps of numpy float32 -> float). Every one must read back to the same float. */
+    int bad_py = 0;
+    for (int k = 0; k < 200000 && bad_py < 5; k++) {
+        uint32_t bits = (uint32_t)rand() << 16 ^ (uint32_t)rand();
+        float want;
+        memcpy(&want, &bits, sizeof(want));
+        if (!isfinite(want) || fabsf(want) < FLT_MIN)
+            continue;
+        int n = snprintf(buf, sizeof(buf), "%.17g", (double)want);
+        struct loom_json_tok t = { .type = LOOM_JSON_NUMBER, .end = (uint32_t)n, .next = 1 };
+        struct loom_json_doc one = { .src = buf, .len = (size_t)n, .toks = &t, .ntoks = 1 };
+        float got;
+        if (loom_json_to_float(&one, 0, &got) || memcmp(&got, &want, sizeof(got)) != 0)
+            bad_py++;
+    }
+    CHECK_INT(bad_py, 0);
 
     /* Decimals at and next to the midpoints between adjacent floats, where rounding through
      * double would go wrong. */
