@@ -70,6 +70,7 @@ static void run_posted(struct loom_loop *loop)
     pthread_mutex_unlock(&loop->post_mu);
     while (t) {
         struct loom_task *next = t->next;
+        t->next = NULL;
         t->fn(t);
         t = next;
     }
@@ -163,6 +164,10 @@ void loom_loop_post(struct loom_loop *loop, struct loom_task *task, loom_task_fn
 
 void loom_loop_defer(struct loom_loop *loop, struct loom_task *task, loom_task_fn fn)
 {
+    /* Deferring a task that is already queued keeps its place (run_deferred clears `next` as
+     * it takes a task, so a queued task has a successor or is the tail). */
+    if (task->next || loop->defer_tail == task)
+        return;
     task->fn = fn;
     task->next = NULL;
     if (loop->defer_tail)
@@ -180,6 +185,7 @@ static void run_deferred(struct loom_loop *loop)
         loop->defer_head = t->next;
         if (!loop->defer_head)
             loop->defer_tail = NULL;
+        t->next = NULL;
         t->fn(t);
     }
 }

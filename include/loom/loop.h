@@ -63,8 +63,9 @@ struct loom_task {
 void loom_loop_post(struct loom_loop *loop, struct loom_task *task, loom_task_fn fn);
 
 /* Run task->fn(task) at the end of the current iteration, before the loop next waits for I/O:
- * the place to flush work gathered from several events (write coalescing, batching). Loop
- * thread only. */
+ * the place to flush work gathered from several events (write coalescing, batching). A task
+ * already waiting is not queued twice. The task must be zero-initialised (or have run) before
+ * its first defer. Loop thread only. */
 void loom_loop_defer(struct loom_loop *loop, struct loom_task *task, loom_task_fn fn);
 
 /* ---- I/O watchers ---- */
