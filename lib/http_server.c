@@ -436,9 +436,11 @@ static void record_request(struct loom__http_conn *c)
     }
     loom_counter_inc(counter);
     if (loom_log_level_enabled(LOOM_LOG_DEBUG)) {
+        loom_trace_set_current(&c->req.trace); /* the line carries the request's ids */
         LOOM_LOG_KV(LOOM_LOG_DEBUG, "request", LOOM_KV_STR("method", c->req.method_name),
                     LOOM_KV_STR("path", c->req.path), LOOM_KV_CSTR("route", route_label(s, route)),
                     LOOM_KV_INT("status", c->status), LOOM_KV_DBL("duration_ms", secs * 1e3));
+        loom_trace_set_current(NULL);
     }
 }
 
@@ -726,6 +728,30 @@ static void split_target(struct loom_http_req *req)
     req->query = query;
 }
 
+/*
+ * Every line of the head ends in LF or CRLF, with no other CR: a CR that does not end a line
+ * could be read differently by another server on the path, and http-parser, as Debian builds
+ * it, lets it through. Scans from the start of the message to its blank line, which the parser
+ * has just seen, so it lies before `end`.
+ */
+static bool head_lines_ok(const char *p, const char *end)
+{
+    bool started = false;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl)
+            return true;
+        const char *e = nl > p && nl[-1] == '\r' ? nl - 1 : nl;
+        if (memchr(p, '\r', (size_t)(e - p)))
+            return false;
+        if (e == p && started)
+            return true; /* the blank line */
+        started = started || e > p;
+        p = nl + 1;
+    }
+    return true;
+}
+
 static int on_headers_complete(void *ud)
 {
     struct loom__http_conn *c = cb_conn(ud);
@@ -736,6 +762,11 @@ static int on_headers_complete(void *ud)
     /* Copy the head once into the arena; every slice of the request points there. */
     size_t head_len = c->head_end;
     char *head = loom_arena_memdup(&c->arena, msg_base(c), head_len);
+    if (!head_lines_ok(msg_base(c), c->in.data + c->in.len)) {
+        c->refuse_status = 400;
+        c->refuse_msg = "bare CR in the request head";
+        return -1;
+    }
     size_t n = c->hoffs.len / sizeof(struct hoff);
     const struct hoff *ho = (const struct hoff *)(const void *)c->hoffs.data;
     struct loom_http_header *hs = loom_arena_alloc(&c->arena, (n ? n : 1) * sizeof(*hs));

@@ -43,7 +43,15 @@ struct loom__h1_parser {
     _Alignas(16) unsigned char impl[64]; /* the wrapped parser's state */
     const struct loom__h1_callbacks *cb;
     void *ud;
-    bool paused;
+    bool paused; /* a message completed and was delivered */
+    /* Chunked bodies are decoded by the wrapper itself, strictly (see lib/h1.c). */
+    bool chunked; /* decoding a chunked body now */
+    uint8_t chunk_state;
+    bool chunk_digits;   /* the size line has at least one digit */
+    uint64_t chunk_left; /* size being read, then bytes of data left */
+    uint32_t line_bytes; /* bytes of the current extension or trailer section */
+    const char *error;   /* the wrapper's own error, when it found one */
+    bool error_callback; /* the error came from a callback */
 };
 
 void loom__h1_init(struct loom__h1_parser *p, enum loom__h1_kind kind,

@@ -443,6 +443,25 @@ static void test_bad_requests(void)
            400, "chunk size");
     REFUSE("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc", 400,
            "Transfer-Encoding");
+    /* Chunked framing is strict: data must end in CRLF, sizes are hex, lines end in CRLF. */
+    REFUSE("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+           "5\r\nhelloAB3\r\nabc\r\n0\r\n\r\n",
+           400, "CRLF after chunk data");
+    REFUSE(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        400, "chunk size");
+    REFUSE("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n",
+           400, "chunk size");
+    REFUSE("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+           "10000000000000000\r\n",
+           400, "too large");
+    REFUSE("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+           "0\r\nBad Trailer: x\r\n\r\n",
+           400, NULL);
+    REFUSE("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\rX", 400,
+           "ending the chunked body");
+    REFUSE("GET /hello HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n", 400, NULL);
+    REFUSE("GET /hello HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\rX-B: b\r\n\r\n", 400, NULL);
     REFUSE("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
            400, NULL);
     REFUSE("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400, NULL);
@@ -526,6 +545,16 @@ static void test_routing_errors(void)
     send_str(fd, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"); /* no body was sent for HEAD */
     r = read_response(fd);
     CHECK_STR(body_of(r), "hello");
+    free(r);
+    /* An Upgrade we do not speak is ignored (RFC 9110 7.8); the next request still parses. */
+    send_str(fd, "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+                 "HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+                 "GET /v2/models/up HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "hello");
+    free(r);
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "up||");
     free(r);
     send_str(fd, "BREW /hello HTTP/1.1\r\nHost: x\r\n\r\n");
     r = read_response(fd);
