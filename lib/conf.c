@@ -343,9 +343,9 @@ static loom_err check_addr(struct loom_str s, bool allow_empty, const char *qv,
     uint64_t p;
     if (port.len == 0)
         return loom_error_set(err, LOOM_EINVAL, "%s is not HOST:PORT (the port is missing)", qv);
-    if (loom_str_to_u64(port, &p) != LOOM_OK || p < 1 || p > 65535)
+    if (loom_str_to_u64(port, &p) != LOOM_OK || p > 65535)
         return loom_error_set(err, LOOM_EINVAL,
-                              "%s is not HOST:PORT (the port must be a number in 1..65535)", qv);
+                              "%s is not HOST:PORT (the port must be a number in 0..65535)", qv);
     return LOOM_OK;
 }
 
