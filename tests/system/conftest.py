@@ -56,18 +56,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-_port_zero_ok = None
-
-
-def port_zero_supported():
-    """Whether `--echo.listen=127.0.0.1:0` passes config validation (see test_runtime)."""
-    global _port_zero_ok
-    if _port_zero_ok is None:
-        r = run_loom("serve", "--echo.listen=127.0.0.1:0", "--print-config")
-        _port_zero_ok = r.returncode == 0
-    return _port_zero_ok
-
-
 def read_proc_status(pid, key):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -102,11 +90,8 @@ class Loom:
     # ---- lifecycle ----
 
     def start(self):
-        # Port 0 is what we want (the kernel picks, we read the port from the log), but the
-        # config validator rejects it today (test_runtime.test_listen_port_zero_picks_a_free_
-        # port); until then pick a free port here. The race (someone else binding it before
-        # loom does) is small, and then loom fails to start and the test says why.
-        port = 0 if port_zero_supported() else free_port()
+        # Port 0: the kernel picks a free port and we read it from the "listening" log line.
+        port = 0
         extra = [f"--data-dir={self.data_dir}"]
         if self.listen:
             extra.append(f"--echo.listen=127.0.0.1:{port}")

@@ -214,9 +214,6 @@ def test_precedence_behaviour_listen_port(tmp_path):
                                f"--echo.listen=127.0.0.1:{pc}") == pc
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --echo.listen=127.0.0.1:0 is rejected "
-                   "('the port must be a number in 1..65535') although serve --help and "
-                   "include/loom/http.h say port 0 picks a free one")
 def test_listen_port_zero_picks_a_free_port(tmp_path):
     r = run_loom("serve", "--echo.listen=127.0.0.1:0", "--print-config")
     assert r.returncode == 0, r.stderr
@@ -438,9 +435,6 @@ def test_trace_id_propagation(loom_server):
     assert len(ids) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the debug access-log line (msg \"request\") is "
-                   "written outside the request's trace context, so its trace_id/span_id are "
-                   "empty and it cannot be joined with its trace (log.h promises that)")
 def test_request_log_line_carries_trace_id(loom_server):
     srv = loom_server("--log-level=debug")
     requests.get(srv.url("/api/v1/echo/joined"), headers={"traceparent": TRACEPARENT},
@@ -616,11 +610,6 @@ def test_idle_keepalive_connections_closed_by_drain(loom_server):
     srv.check_logs()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: SIGTERM with an idle keep-alive connection open "
-                   "hangs the process at 100% CPU: loom_http_server_drain closes the idle "
-                   "connection (conn_close -> listener_check_drained defers drained_task) and "
-                   "then calls listener_check_drained again, deferring the same task twice; "
-                   "the deferred list becomes a self-cycle and run_deferred spins forever")
 def test_drain_with_idle_keepalive_connection(loom_server):
     srv = loom_server()
     s = srv.connect()
