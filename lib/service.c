@@ -71,7 +71,12 @@ void loom_service_sections_init(struct loom_service_sections *ss,
         const struct loom_service *svc = services[i];
         struct loom_conf_field *f = loom_malloc(sizeof(common_template));
         memcpy(f, common_template, sizeof(common_template));
-        f[0].def = svc->default_listen; /* the one per-service default */
+        for (size_t k = 0; k < LOOM_ARRAY_SIZE(common_template); k++) { /* per-service defaults */
+            if (strcmp(f[k].key, "listen") == 0)
+                f[k].def = svc->default_listen;
+            else if (strcmp(f[k].key, "max-body-bytes") == 0 && svc->default_max_body)
+                f[k].def = svc->default_max_body;
+        }
         ss->common_fields[i] = f;
         ss->sections[ss->nsections++] =
             (struct loom_conf_section){ svc->name, f, LOOM_ARRAY_SIZE(common_template),

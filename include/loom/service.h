@@ -39,10 +39,11 @@ struct loom_svc_conf {
 struct loom_svc;
 
 struct loom_service {
-    const char *name;           /* "inference": section name, metrics prefix, log svc */
-    const char *summary;        /* one line for `loom help` */
-    const char *default_listen; /* "127.0.0.1:8081" */
-    bool optional;              /* not started by a bare `loom serve` */
+    const char *name;             /* "inference": section name, metrics prefix, log svc */
+    const char *summary;          /* one line for `loom help` */
+    const char *default_listen;   /* "127.0.0.1:8081" */
+    bool optional;                /* not started by a bare `loom serve` */
+    const char *default_max_body; /* default of max-body-bytes if not the runtime's 1MiB */
     const struct loom_conf_field *conf_fields; /* the service's own settings */
     size_t nconf_fields;
     size_t conf_size; /* sizeof the struct they fill */
@@ -65,7 +66,8 @@ void loom_svc_set_state(struct loom_svc *svc, void *state);
 void *loom_svc_state(const struct loom_svc *svc);
 /* The process-wide work pool. */
 struct loom_pool *loom_svc_pool(const struct loom_svc *svc);
-/* The service's loops (one per thread) — valid from init on. */
+/* The service's loops (one per thread), valid from init on. Their loom_loop_data pointer
+ * belongs to the service. */
 size_t loom_svc_nloops(const struct loom_svc *svc);
 struct loom_loop *loom_svc_loop(const struct loom_svc *svc, size_t i);
 /* The port the service listens on. */
