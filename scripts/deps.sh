@@ -5,7 +5,7 @@
 set -euo pipefail
 
 build=(cmake make gcc clang libclang-rt-14-dev pkg-config libhttp-parser-dev)
-test=(python3 python3-pytest python3-requests prometheus)
+test=(python3 python3-pytest python3-requests prometheus libxgboost-dev python3-xgboost python3-sklearn python3-numpy)
 bench=(wrk nginx-light util-linux procps)
 
 case "${1:-all}" in
