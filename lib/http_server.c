@@ -195,9 +195,11 @@ static void write_head(struct loom__http_conn *c, int status, const char *conten
                        size_t content_length)
 {
     struct loom_buf *o = out_tail(c);
-    char line[64];
-    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d ", status);
-    loom_buf_append(o, line, (size_t)n);
+    char line[16] = "HTTP/1.1 000 ";
+    line[9] = (char)('0' + status / 100 % 10);
+    line[10] = (char)('0' + status / 10 % 10);
+    line[11] = (char)('0' + status % 10);
+    loom_buf_append(o, line, 13);
     loom_buf_append_cstr(o, loom_http_status_reason(status));
     loom_buf_append_cstr(o, "\r\nServer: loom\r\nDate: ");
     loom_buf_append(o, date_header(c->ls), 29);

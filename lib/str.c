@@ -297,12 +297,133 @@ size_t loom_fmt_double(double v, char out[LOOM_FMT_DOUBLE_MAX])
     return (size_t)n;
 }
 
+/* Write N (p digits, value N * 10^(d - p + 1)) as printf's %g would, trailing zeros dropped. */
+static size_t fmt_g(bool neg, uint64_t N, int p, int d, char *out)
+{
+    char digits[24];
+    size_t nd = loom_u64_to_dec(N, digits);
+    while (nd > 1 && digits[nd - 1] == '0')
+        nd--;
+    size_t o = 0;
+    if (neg)
+        out[o++] = '-';
+    if (d < -4 || d >= p) { /* exponent notation: d.ddde-XX */
+        out[o++] = digits[0];
+        if (nd > 1) {
+            out[o++] = '.';
+            memcpy(out + o, digits + 1, nd - 1);
+            o += nd - 1;
+        }
+        out[o++] = 'e';
+        out[o++] = d < 0 ? '-' : '+';
+        unsigned ad = (unsigned)(d < 0 ? -d : d);
+        if (ad < 10)
+            out[o++] = '0';
+        o += loom_u64_to_dec(ad, out + o);
+    } else if (d < 0) { /* 0.000ddd */
+        out[o++] = '0';
+        out[o++] = '.';
+        for (int i = -1; i > d; i--)
+            out[o++] = '0';
+        memcpy(out + o, digits, nd);
+        o += nd;
+    } else { /* ddd.ddd */
+        size_t ip = (size_t)d + 1;
+        for (size_t i = 0; i < ip; i++)
+            out[o++] = i < nd ? digits[i] : '0';
+        if (nd > ip) {
+            out[o++] = '.';
+            memcpy(out + o, digits + ip, nd - ip);
+            o += nd - ip;
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/*
+ * The shortest decimal that reads back as float v, exactly, with 128-bit integers instead of
+ * printf and strtof (which this replaces on the hot path of every inference response). With
+ * v = m / 2^E, the candidate with p significant digits is N = round(v * 10^K), K = p - 1 - d,
+ * and it reads back as v iff it lies in v's rounding interval: |N*2^(E+1) - 2m*10^K| below
+ * 10^K (half that under v when v is a power of two), the bound itself counting when m is even
+ * (ties go to even). Handles normal floats in [2^-36, 2^24) that are not integers, that is
+ * every probability and most scores; others take the printf path.
+ */
+static bool shortest_float(float v, char *out, size_t *len)
+{
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof(bits));
+    bool neg = bits >> 31;
+    int ef = (int)((bits >> 23) & 0xff);
+    if (ef == 0 || ef == 0xff)
+        return false;
+    uint64_t m = (bits & 0x7fffff) | 0x800000;
+    int E = 150 - ef; /* |v| = m / 2^E */
+    if (E < 1 || E > 60)
+        return false;
+    static const unsigned __int128 one = 1;
+    double av = fabs((double)v);
+    int d = (int)floor(log10(av)); /* may be off by one near powers of ten: corrected below */
+    if ((double)pow(10.0, d) > av)
+        d--;
+    static const uint64_t p10[] = { 1ull,
+                                    10ull,
+                                    100ull,
+                                    1000ull,
+                                    10000ull,
+                                    100000ull,
+                                    1000000ull,
+                                    10000000ull,
+                                    100000000ull,
+                                    1000000000ull,
+                                    10000000000ull,
+                                    100000000000ull,
+                                    1000000000000ull,
+                                    10000000000000ull,
+                                    100000000000000ull,
+                                    1000000000000000ull,
+                                    10000000000000000ull,
+                                    100000000000000000ull,
+                                    1000000000000000000ull,
+                                    10000000000000000000ull };
+    for (int p = 1; p <= 9; p++) {
+        int K = p - 1 - d;
+        if (K < 0)
+            continue; /* a non-integer below 2^24 has no such short form */
+        if (K > 38)
+            return false;
+        unsigned __int128 P = K < 20 ? p10[K] : (unsigned __int128)p10[19] * p10[K - 19];
+        if (P > ((unsigned __int128)1 << 100))
+            return false;
+        unsigned __int128 num = m * P, half = one << (E - 1);
+        unsigned __int128 N = num >> E, rem = num & ((one << E) - 1);
+        if (rem > half || (rem == half && (N & 1)))
+            N++;
+        if (N >= p10[p])
+            return false; /* rounding carried into another digit: let printf do it */
+        unsigned __int128 lhs = N << (E + 1), rhs = 2 * m * P;
+        unsigned __int128 diff = lhs > rhs ? lhs - rhs : rhs - lhs;
+        unsigned __int128 bound = P;
+        if (lhs < rhs && m == 0x800000)
+            diff *= 2; /* below a power of two the gap to the next float is half as wide */
+        if (diff < bound || (diff == bound && !(m & 1))) {
+            *len = fmt_g(neg, (uint64_t)N, p, d, out);
+            return true;
+        }
+    }
+    return false;
+}
+
 size_t loom_fmt_float(float v, char out[LOOM_FMT_DOUBLE_MAX])
 {
     if (!isfinite(v))
         return fmt_nonfinite(v, out);
     if (fabsf(v) < 16777216.0f && v == truncf(v) && !(v == 0 && signbit(v)))
         return fmt_integral(v, out);
+    size_t len;
+    if (shortest_float(v, out, &len))
+        return len;
     int n = 0;
     for (int prec = fabsf(v) < FLT_MIN ? 1 : 6; prec <= 9; prec++) {
         n = snprintf(out, LOOM_FMT_DOUBLE_MAX, "%.*g", prec, (double)v);
