@@ -3,8 +3,10 @@
 #include "cmd.h"
 
 #include "echo/echo.h"
+#include "inference/inference.h"
 
 const struct loom_service *const loom_services[] = {
+    &inference_service,
     &echo_service,
 };
 

@@ -116,6 +116,7 @@ const struct loom_service echo_service = {
     .name = "echo",
     .summary = "Echoes requests back (proves the runtime end to end)",
     .default_listen = "127.0.0.1:8090",
+    .optional = true,
     .conf_fields = echo_fields,
     .nconf_fields = LOOM_ARRAY_SIZE(echo_fields),
     .conf_size = sizeof(struct echo_conf),
