@@ -8,12 +8,13 @@
  *
  * Loading tokenizes the document once with loom's JSON tokenizer (NaN allowed) and converts it
  * in one pass into flat arrays: every tree is re-laid breadth-first into one node array so that
- * the two children of a node are adjacent (one child index per node) and the top levels of a
- * tree share cache lines, all trees concatenated. A leaf's child is the leaf itself and its
- * "go right" bit is masked off, so a walk can take a fixed number of steps (the tree's depth)
- * without branching on leaves; that lets prediction walk eight (row, tree) pairs in lockstep,
- * whose loads overlap instead of waiting on each other. Everything a hostile file could get
- * wrong is checked before a node is written, so the walk never needs a bounds check.
+ * the two children of a node are adjacent (one child offset per node, plus the precomputed
+ * child that missing values take) and the top levels of a tree share cache lines, all trees
+ * concatenated. A leaf points to itself and has a threshold no value passes, so a walk can take
+ * a fixed number of steps (the tree's depth) without branching on leaves; that lets prediction
+ * walk sixteen (row, tree) pairs in lockstep, whose loads overlap instead of waiting on each
+ * other. Everything a hostile file could get wrong is checked before a node is written, so the
+ * walk never needs a bounds check.
  */
 #include <loom/core.h>
 #include <loom/json.h>
@@ -60,21 +61,24 @@ static bool is_multi(const struct objective *o)
 
 /* ---- The flat model ----------------------------------------------------------------------- */
 
-#define XN_MISSING_RIGHT 1u /* a missing value goes right (not default_left) */
-#define XN_CAT           2u /* a categorical split: aux[].cat indexes the category lists */
-#define XN_SHIFT         2  /* the feature index sits above the flags */
+#define XN_CAT 0x80000000u /* in xnode.feat: a categorical split (aux[].cat: its categories) */
 
 /*
- * The hot part of a node, 12 bytes. `child` is the absolute index of the left child, the right
- * one is child + 1. `thr` is a numeric split's threshold; a leaf's is NaN, which no comparison
- * passes, and its child is itself, so a walk that reached a leaf stays there. Leaves read
- * feature 0 and ignore it.
+ * The hot part of a node, 16 bytes. Nodes are addressed by byte offset into the node array, so
+ * that a step needs no index arithmetic. `child` is the offset of the left child, and the right
+ * one follows it; `missing` is the child a missing value goes to (one of the two, resolved from
+ * default_left at load time). `thr` is a numeric split's threshold. A leaf has a NaN threshold,
+ * which no comparison passes, and points to itself both ways, so a walk that reached a leaf
+ * stays there; it reads feature 0 and ignores it.
  */
 struct xnode {
     float thr;
     uint32_t child;
-    uint32_t bits; /* feature << XN_SHIFT | XN_* flags */
+    uint32_t missing;
+    uint32_t feat; /* feature index, | XN_CAT */
 };
+
+#define XN_SIZE ((uint32_t)sizeof(struct xnode))
 
 /* The cold part, read once per walk (a leaf's value, for dart already scaled by the tree's
  * weight) or only for categorical splits (their category list). */
@@ -84,7 +88,7 @@ union xaux {
 };
 
 struct xtree {
-    uint32_t root;  /* index of the root in nodes */
+    uint32_t root;  /* byte offset of the root in nodes */
     uint32_t depth; /* edges from the root to the deepest leaf */
     uint32_t group; /* output group the tree adds to (tree_info) */
 };
@@ -100,10 +104,10 @@ struct xgb {
     float base_margin;
     bool has_cats;
     struct xnode *nodes;
-    union xaux *aux; /* parallel to nodes */
+    union xaux *aux; /* parallel to nodes: node at byte offset o has aux[o / XN_SIZE] */
     size_t nnodes;
     struct xtree *trees;
-    uint32_t *lane_depth; /* the deepest of trees [LANES * i, LANES * (i + 1)) */
+    uint32_t *lane_depth; /* the deepest of trees [TREE_LANES * i, TREE_LANES * (i + 1)) */
     struct cat_range *cat_ranges;
     uint32_t ncat_ranges;
     uint32_t *cats;
@@ -130,7 +134,8 @@ static void xgb_free(void *state)
 
 /* ---- Prediction --------------------------------------------------------------------------- */
 
-#define LANES      8    /* walks in flight at once */
+#define TREE_LANES 16   /* trees walked at once for one row */
+#define ROW_LANES  16   /* rows walked at once through one tree */
 #define BLOCK_ROWS 64   /* rows per block: their accumulators and rows stay in L1 */
 #define ACC_MAX    4096 /* floats of accumulators on the stack (LOOM_MODEL_MAX_GROUPS_DEFAULT) */
 
@@ -155,28 +160,63 @@ static bool cat_goes_right(const struct xgb *m, uint32_t ci, float x)
     return lo < m->cat_ranges[ci].len && v[lo] == c;
 }
 
-/*
- * One step of a walk: the next node from node n for `row`. Branch-free for numeric splits:
- * x >= thr goes right, and so does a missing x where XN_MISSING_RIGHT says so; a leaf's NaN
- * threshold and clear flag keep the walk where it is. `cats` is a compile-time constant at each
- * call site, so models without categorical splits do not test for them at all.
- */
-static ALWAYS_INLINE uint32_t xstep(const struct xgb *m, uint32_t n, const float *row, bool cats)
+static const struct xnode *node_at(const struct xgb *m, size_t off)
 {
-    const struct xnode *nd = &m->nodes[n];
-    uint32_t bits = nd->bits;
-    float x = row[bits >> XN_SHIFT];
-    uint32_t right;
-    if (cats && LOOM_UNLIKELY(bits & XN_CAT))
-        right = isnan(x) ? bits & XN_MISSING_RIGHT : cat_goes_right(m, m->aux[n].cat, x);
-    else
-        right = (uint32_t)isgreaterequal(x, nd->thr) | ((uint32_t)isunordered(x, nd->thr) & bits);
-    return nd->child + right;
+    return (const struct xnode *)((const char *)m->nodes + off);
+}
+
+/* A step from a categorical split (the rare case, out of line). */
+static size_t cat_step(const struct xgb *m, size_t off, const float *row)
+{
+    const struct xnode *nd = node_at(m, off);
+    float x = row[nd->feat & ~XN_CAT];
+    if (isnan(x))
+        return nd->missing;
+    return nd->child + (cat_goes_right(m, m->aux[off / XN_SIZE].cat, x) ? XN_SIZE : 0);
 }
 
 /*
- * Add every tree's leaf to one row's accumulators, walking LANES trees at once (each group of
- * LANES for the deepest one's depth, m->lane_depth), then adding their leaves in file order.
+ * One step of a walk: the offset of the next node after node `off` for `row`. No branch: x >=
+ * thr goes right, anything else left, then a missing x (the comparison is unordered) goes where
+ * the node says. A leaf's NaN threshold makes every comparison unordered, and a leaf's children
+ * are itself. `cats` is a compile-time constant at each call site, so models without
+ * categorical splits do not test for them at all.
+ *
+ * On x86-64 the two selects are written as conditional moves on the flags of one ucomiss, the
+ * shortest form there is (compilers turn the C version into branches, which mispredict on
+ * every other node). Elsewhere, and with LOOM_MODEL_NO_ASM, the C version computes the same.
+ */
+static ALWAYS_INLINE size_t xstep(const struct xgb *m, size_t off, const float *row, bool cats)
+{
+    const struct xnode *nd = node_at(m, off);
+    uint32_t feat = nd->feat;
+    if (cats && LOOM_UNLIKELY(feat & XN_CAT))
+        return cat_step(m, off, row);
+    float x = row[feat];
+#if defined(__x86_64__) && !defined(LOOM_MODEL_NO_ASM)
+    size_t next = (size_t)nd->child + XN_SIZE;
+    __asm__("ucomiss %[thr], %[x]\n\t"     /* CF: x < thr or unordered; PF: unordered */
+            "cmovb %[child], %k[next]\n\t" /* CF: the left child */
+            "cmovp %[missing], %k[next]"   /* PF: where missing values go */
+            : [next] "+r"(next)
+            : [x] "x"(x), [thr] "m"(nd->thr), [child] "m"(nd->child), [missing] "m"(nd->missing)
+            : "cc");
+    return next;
+#else
+    if (isunordered(x, nd->thr))
+        return nd->missing;
+    return (size_t)nd->child + (isgreaterequal(x, nd->thr) ? XN_SIZE : 0);
+#endif
+}
+
+static float leaf_at(const struct xgb *m, size_t off)
+{
+    return m->aux[off / XN_SIZE].leaf;
+}
+
+/*
+ * Add every tree's leaf to one row's accumulators, walking TREE_LANES trees at once (each group of
+ * TREE_LANES for the deepest one's depth, m->lane_depth), then adding their leaves in file order.
  * With one output group (`single`, a compile-time constant) the sum stays in a register: the
  * additions are a chain that cannot be reordered without changing the rounding, and a chain
  * through memory would cost a store-to-load round trip per tree.
@@ -187,37 +227,38 @@ static ALWAYS_INLINE void walk_row(const struct xgb *m, const float *row, float 
     const struct xtree *tr = m->trees;
     uint32_t t = 0, nt = m->ntrees;
     float sum = acc[0];
-    for (; t + LANES <= nt; t += LANES) {
-        uint32_t n[LANES], depth = m->lane_depth[t / LANES];
-        for (int k = 0; k < LANES; k++)
+    for (; t + TREE_LANES <= nt; t += TREE_LANES) {
+        size_t n[TREE_LANES];
+        uint32_t depth = m->lane_depth[t / TREE_LANES];
+        for (int k = 0; k < TREE_LANES; k++)
             n[k] = tr[t + k].root;
         for (uint32_t d = 0; d < depth; d++) {
 #pragma GCC unroll 16
-            for (int k = 0; k < LANES; k++)
+            for (int k = 0; k < TREE_LANES; k++)
                 n[k] = xstep(m, n[k], row, cats);
         }
-        for (int k = 0; k < LANES; k++) {
+        for (int k = 0; k < TREE_LANES; k++) {
             if (single)
-                sum += m->aux[n[k]].leaf;
+                sum += leaf_at(m, n[k]);
             else
-                acc[tr[t + k].group] += m->aux[n[k]].leaf;
+                acc[tr[t + k].group] += leaf_at(m, n[k]);
         }
     }
     for (; t < nt; t++) {
-        uint32_t n = tr[t].root;
+        size_t n = tr[t].root;
         for (uint32_t d = 0; d < tr[t].depth; d++)
             n = xstep(m, n, row, cats);
         if (single)
-            sum += m->aux[n].leaf;
+            sum += leaf_at(m, n);
         else
-            acc[tr[t].group] += m->aux[n].leaf;
+            acc[tr[t].group] += leaf_at(m, n);
     }
     if (single)
         acc[0] = sum;
 }
 
 /* Add every tree's leaf to the accumulators of nrows rows, tree by tree (the tree stays in
- * cache), LANES rows at once. Each row still sees the trees in file order. */
+ * cache), ROW_LANES rows at once. Each row still sees the trees in file order. */
 static ALWAYS_INLINE void walk_block(const struct xgb *m, const float *x, size_t nrows, float *acc,
                                      bool cats)
 {
@@ -225,33 +266,33 @@ static ALWAYS_INLINE void walk_block(const struct xgb *m, const float *x, size_t
     for (uint32_t t = 0; t < m->ntrees; t++) {
         const struct xtree tr = m->trees[t];
         size_t r = 0;
-        for (; r + LANES <= nrows; r += LANES) {
-            uint32_t n[LANES];
-            const float *row[LANES];
-            for (int k = 0; k < LANES; k++) {
+        for (; r + ROW_LANES <= nrows; r += ROW_LANES) {
+            size_t n[ROW_LANES];
+            const float *row[ROW_LANES];
+            for (int k = 0; k < ROW_LANES; k++) {
                 n[k] = tr.root;
                 row[k] = x + (r + (size_t)k) * nf;
             }
             for (uint32_t d = 0; d < tr.depth; d++) {
-#pragma GCC unroll 8
-                for (int k = 0; k < LANES; k++)
+#pragma GCC unroll 16
+                for (int k = 0; k < ROW_LANES; k++)
                     n[k] = xstep(m, n[k], row[k], cats);
             }
-            for (int k = 0; k < LANES; k++)
-                acc[(r + (size_t)k) * ng + tr.group] += m->aux[n[k]].leaf;
+            for (int k = 0; k < ROW_LANES; k++)
+                acc[(r + (size_t)k) * ng + tr.group] += leaf_at(m, n[k]);
         }
         for (; r < nrows; r++) {
-            uint32_t n = tr.root;
+            size_t n = tr.root;
             for (uint32_t d = 0; d < tr.depth; d++)
                 n = xstep(m, n, x + r * nf, cats);
-            acc[r * ng + tr.group] += m->aux[n].leaf;
+            acc[r * ng + tr.group] += leaf_at(m, n);
         }
     }
 }
 
 static void walk_rows_num(const struct xgb *m, const float *x, size_t nrows, float *acc)
 {
-    if (nrows >= LANES)
+    if (nrows >= ROW_LANES)
         walk_block(m, x, nrows, acc, false);
     else if (m->ngroups == 1)
         for (size_t r = 0; r < nrows; r++)
@@ -264,7 +305,7 @@ static void walk_rows_num(const struct xgb *m, const float *x, size_t nrows, flo
 /* The same for models with categorical splits (rare: one instantiation serves any groups). */
 static void walk_rows_cat(const struct xgb *m, const float *x, size_t nrows, float *acc)
 {
-    if (nrows >= LANES)
+    if (nrows >= ROW_LANES)
         walk_block(m, x, nrows, acc, true);
     else
         for (size_t r = 0; r < nrows; r++)
@@ -640,6 +681,7 @@ static loom_err load_tree(struct loader *ld, uint32_t t, int tree, int64_t n, si
         uint32_t old = s->order[k];
         struct xnode *nd = &m->nodes[base + k];
         union xaux *ax = &m->aux[base + k];
+        uint32_t self = (uint32_t)(base + k) * XN_SIZE;
         depth = LOOM_MAX(depth, s->depth[old]);
         if (s->left[old] == -1) {
             float leaf = s->cond[old];
@@ -647,9 +689,7 @@ static loom_err load_tree(struct loader *ld, uint32_t t, int tree, int64_t n, si
              * ((bm + leaf) - bm) * weight, each step rounded to float. */
             if (ld->dart)
                 leaf = (float)((float)((float)(bm + leaf) - bm) * w);
-            nd->thr = NAN;
-            nd->child = (uint32_t)(base + k);
-            nd->bits = 0;
+            *nd = (struct xnode){ .thr = NAN, .child = self, .missing = self, .feat = 0 };
             ax->leaf = leaf;
             continue;
         }
@@ -657,9 +697,10 @@ static loom_err load_tree(struct loader *ld, uint32_t t, int tree, int64_t n, si
         s->order[nvis] = l;
         s->order[nvis + 1] = r;
         s->depth[l] = s->depth[r] = s->depth[old] + 1;
-        nd->child = (uint32_t)(base + nvis);
+        nd->child = (uint32_t)(base + nvis) * XN_SIZE;
+        nd->missing = nd->child + (s->dl[old] ? 0 : XN_SIZE);
+        nd->feat = (uint32_t)s->feat[old];
         nvis += 2;
-        nd->bits = (uint32_t)s->feat[old] << XN_SHIFT | (s->dl[old] ? 0 : XN_MISSING_RIGHT);
         ax->leaf = 0;
         if (!s->st[old]) {
             /* `x < NaN` is false for every x, so a NaN threshold sends all present values
@@ -687,11 +728,11 @@ static loom_err load_tree(struct loader *ld, uint32_t t, int tree, int64_t n, si
                 dst[len++] = dst[j];
         m->cat_ranges[m->ncat_ranges] = (struct cat_range){ (uint32_t)m->ncats, (uint32_t)len };
         ax->cat = m->ncat_ranges++;
-        nd->bits |= XN_CAT;
+        nd->feat |= XN_CAT;
         m->ncats += len;
         m->has_cats = true;
     }
-    m->trees[t].root = (uint32_t)base;
+    m->trees[t].root = (uint32_t)base * XN_SIZE;
     m->trees[t].depth = depth;
     m->max_depth = LOOM_MAX(m->max_depth, depth);
     *used = nvis;
@@ -952,6 +993,9 @@ static loom_err load_doc(struct loader *ld, struct loom_arena *arena)
         maxn = LOOM_MAX(maxn, (size_t)n);
         t++;
     }
+    if (total > UINT32_MAX / XN_SIZE - 1)
+        return loom_error_set(ld->err, LOOM_ETOOBIG, "the model has more than %u nodes",
+                              UINT32_MAX / XN_SIZE - 1);
     m->nodes = loom_malloc(loom_mul_size(total ? total : 1, sizeof(*m->nodes)));
     m->aux = loom_malloc(loom_mul_size(total ? total : 1, sizeof(*m->aux)));
     m->cats = loom_malloc(loom_mul_size(ncats ? ncats : 1, sizeof(*m->cats)));
@@ -969,9 +1013,9 @@ static loom_err load_doc(struct loader *ld, struct loom_arena *arena)
         m->nnodes += used;
         t++;
     }
-    m->lane_depth = loom_calloc(ntrees / LANES + 1, sizeof(*m->lane_depth));
+    m->lane_depth = loom_calloc(ntrees / TREE_LANES + 1, sizeof(*m->lane_depth));
     for (t = 0; t < m->ntrees; t++)
-        m->lane_depth[t / LANES] = LOOM_MAX(m->lane_depth[t / LANES], m->trees[t].depth);
+        m->lane_depth[t / TREE_LANES] = LOOM_MAX(m->lane_depth[t / TREE_LANES], m->trees[t].depth);
     return load_feature_names(ld, learner, arena);
 }
 
