@@ -86,6 +86,17 @@ struct loom__http_conn {
     struct abort_hook *abort_hooks;
     int status;
 
+    /* a LOOM_ROUTE_STREAM request */
+    bool streaming;     /* its handler has run; the body goes to the sink, or waits in `body` */
+    uint64_t body_seen; /* body bytes received */
+    loom_err sink_err;  /* on_data refused the body */
+    bool body_done;     /* the whole body has arrived */
+    bool end_called;
+    loom_http_body_fn on_data;
+    loom_http_end_fn on_end;
+    void *body_arg;
+    loom_err body_err; /* the body failed before the handler asked for it */
+
     struct loom_buf out;
     size_t out_off;
     struct loom_buf out_big; /* a body handed over by loom_http_respond_buf, sent after out */
@@ -141,6 +152,7 @@ struct listener {
 static void conn_close(struct loom__http_conn *c);
 static void conn_kick(struct loom__http_conn *c);
 static void process_input(struct loom__http_conn *c);
+static void update_interest(struct loom__http_conn *c);
 static void listener_accept_resume(struct listener *ls);
 
 /* ---- errors and response building ---- */
@@ -194,6 +206,8 @@ static struct loom_buf *out_tail(struct loom__http_conn *c)
 static void write_head(struct loom__http_conn *c, int status, const char *content_type,
                        size_t content_length)
 {
+    if (c->streaming && !c->body_done)
+        c->close_after = true; /* answered before the body ended: the rest is not read */
     struct loom_buf *o = out_tail(c);
     char line[16] = "HTTP/1.1 000 ";
     line[9] = (char)('0' + status / 100 % 10);
@@ -534,6 +548,14 @@ static void reset_request(struct loom__http_conn *c)
     loom_buf_reset(&c->hoffs);
     c->abort_hooks = NULL;
     c->responded = false;
+    c->streaming = false;
+    c->body_seen = 0;
+    c->sink_err = LOOM_OK;
+    c->body_done = false;
+    c->end_called = false;
+    c->on_data = NULL;
+    c->on_end = NULL;
+    c->body_err = LOOM_OK;
     c->refuse_status = 0;
     c->refuse_msg = NULL;
     c->deferred_status = 0;
@@ -884,22 +906,109 @@ static int on_headers_complete(void *ud)
         loom_buf_append_cstr(out_tail(c), "HTTP/1.1 100 Continue\r\n\r\n");
         conn_kick(c);
     }
-    if (clen != UINT64_MAX && clen > 0)
+    bool stream = req->route && (req->route->flags & LOOM_ROUTE_STREAM) && !c->deferred_status;
+    if (clen != UINT64_MAX && clen > 0 && !stream)
         loom_buf_reserve(&c->body, (size_t)clen);
     c->state = C_BODY;
     set_deadline(c, loom_loop_now(c->ls->loop) + limits(c)->idle_timeout);
+    if (stream) {
+        /* The handler runs now and reads the body as it comes (loom_http_req_read_body). */
+        c->streaming = true;
+        c->body_done = !has_body;
+        loom_trace_set_current(&req->trace);
+        req->route->handler(req);
+        loom_trace_set_current(NULL);
+    }
     return 0;
+}
+
+/* A streaming request's body is complete. */
+static void stream_finish(struct loom__http_conn *c)
+{
+    c->body_done = true;
+    if (!c->responded && c->on_end && !c->end_called) {
+        c->end_called = true;
+        c->on_end(&c->req, LOOM_OK, c->body_arg);
+    }
+    if (c->responded) {
+        complete_request(c);
+    } else {
+        c->state = C_HANDLING; /* the handler answers from on_end, or asks for the body later */
+        set_deadline(c, UINT64_MAX);
+    }
+}
+
+/* A streaming request's body failed (too large, malformed, refused by the sink): the handler
+ * learns it from on_end and answers; the connection closes after that answer. */
+static void stream_fail(struct loom__http_conn *c, int status)
+{
+    c->close_after = true;
+    loom_err e = c->sink_err ? c->sink_err : status == 413 ? LOOM_ETOOBIG : LOOM_EPARSE;
+    if (c->responded) {
+        conn_kick(c);
+        return;
+    }
+    c->state = C_HANDLING;
+    set_deadline(c, UINT64_MAX);
+    if (c->on_end && !c->end_called) {
+        c->end_called = true;
+        c->on_end(&c->req, e, c->body_arg);
+    } else {
+        c->body_err = e; /* told when the handler asks for the body */
+    }
+    update_interest(c);
+}
+
+void loom_http_req_read_body(struct loom_http_req *req, loom_http_body_fn on_data,
+                             loom_http_end_fn on_end, void *arg)
+{
+    struct loom__http_conn *c = req->conn;
+    c->on_data = on_data;
+    c->on_end = on_end;
+    c->body_arg = arg;
+    loom_err e = c->body_err;
+    if (!e && c->body.len) {
+        /* What arrived before the handler asked. */
+        e = on_data(req, loom_buf_str(&c->body), arg);
+        loom_buf_release(&c->body);
+        if (e) {
+            c->sink_err = e;
+            c->close_after = true;
+        }
+    }
+    if (e || (c->body_done && !c->closed) || c->closed) {
+        c->end_called = true;
+        on_end(req, c->closed ? LOOM_ECLOSED : e, arg);
+    }
 }
 
 static int on_body(void *ud, const char *at, size_t len)
 {
     struct loom__http_conn *c = cb_conn(ud);
-    if (c->body.len + len > c->body_limit || loom_buf_append(&c->body, at, len)) {
+    c->deadline = loom_loop_now(c->ls->loop) + limits(c)->idle_timeout;
+    if (c->streaming && c->responded)
+        return 0; /* answered early: the rest is read only to be dropped, then we close */
+    c->body_seen += len;
+    if (c->body_seen > c->body_limit) {
         c->refuse_status = 413;
         c->refuse_msg = "request body is larger than this route accepts";
         return -1;
     }
-    c->deadline = loom_loop_now(c->ls->loop) + limits(c)->idle_timeout;
+    if (c->streaming && c->on_data) {
+        loom_err e = c->on_data(&c->req, loom_str_make(at, len), c->body_arg);
+        if (e) {
+            c->sink_err = e;
+            c->refuse_status = loom_err_http_status(e);
+            c->refuse_msg = "the request body was refused";
+            return -1;
+        }
+        return 0;
+    }
+    if (loom_buf_append(&c->body, at, len)) {
+        c->refuse_status = 413;
+        c->refuse_msg = "request body is larger than this route accepts";
+        return -1;
+    }
     return 0;
 }
 
@@ -960,6 +1069,10 @@ static void process_input(struct loom__http_conn *c)
         c->in_off += used;
         if (st == LOOM__H1_ERROR) {
             int status = c->refuse_status ? c->refuse_status : 400;
+            if (c->streaming) {
+                stream_fail(c, status);
+                return;
+            }
             char msg[200];
             if (c->refuse_msg)
                 snprintf(msg, sizeof(msg), "%s", c->refuse_msg);
@@ -976,7 +1089,10 @@ static void process_input(struct loom__http_conn *c)
             }
             break;
         }
-        dispatch(c);
+        if (c->streaming)
+            stream_finish(c);
+        else
+            dispatch(c);
     }
     /* Compact: keep only the unparsed bytes, and the current head if it is incomplete (its
      * offsets are relative to msg_start, so moving it is safe). */
@@ -1109,7 +1225,11 @@ static void conn_close(struct loom__http_conn *c)
     ls->nconns--;
     atomic_fetch_sub(&ls->srv->nconns, 1);
     loom_gauge_sub(ls->srv->m_connections, 1);
-    if (c->state == C_HANDLING && !c->responded) {
+    if (c->streaming && !c->responded && c->on_end && !c->end_called) {
+        c->end_called = true;
+        c->on_end(&c->req, LOOM_ECLOSED, c->body_arg); /* the handler answers (discarded) */
+    }
+    if ((c->state == C_HANDLING || c->streaming) && !c->responded) {
         /* The handler still holds the request: free once it answers (see conn_kick). */
         abort_request(c);
     } else {
@@ -1124,8 +1244,11 @@ static void kick_task(struct loom_task *task)
 {
     struct loom__http_conn *c = LOOM_CONTAINER_OF(task, struct loom__http_conn, kick_task);
     c->kick_pending = false;
-    if (c->state == C_HANDLING && c->responded)
+    if ((c->state == C_HANDLING || (c->streaming && c->state == C_BODY)) && c->responded) {
+        if (c->state == C_BODY)
+            c->close_after = true; /* answered before the body ended: do not read the rest */
         complete_request(c);
+    }
     if (c->closed) {
         if (c->state == C_IDLE)
             loom_loop_defer(c->ls->loop, &c->free_task, conn_free);

@@ -219,9 +219,9 @@ static void h_metrics(struct loom_http_req *req)
 }
 
 static const struct loom_route builtin_routes[] = {
-    { LOOM_HTTP_GET, "/livez", h_livez, 0 },
-    { LOOM_HTTP_GET, "/readyz", h_readyz, 0 },
-    { LOOM_HTTP_GET, "/metrics", h_metrics, 0 },
+    { LOOM_HTTP_GET, "/livez", h_livez, 0, 0 },
+    { LOOM_HTTP_GET, "/readyz", h_readyz, 0, 0 },
+    { LOOM_HTTP_GET, "/metrics", h_metrics, 0, 0 },
 };
 
 /* ---- lifecycle ---- */

@@ -70,7 +70,12 @@ struct loom_route {
     const char *path;
     loom_http_handler handler;
     size_t max_body; /* 0: the server's default */
+    unsigned flags;  /* LOOM_ROUTE_* */
 };
+
+/* The handler runs as soon as the head is complete and reads the body as it arrives, with
+ * loom_http_req_read_body (uploads hashed and written while they stream, never held whole). */
+#define LOOM_ROUTE_STREAM 1u
 
 struct loom_router;
 
@@ -130,6 +135,20 @@ struct loom_str loom_http_req_param(const struct loom_http_req *req, const char 
 
 /* The decoded value of query parameter `name`: false when absent or malformed. */
 bool loom_http_req_query(const struct loom_http_req *req, const char *name, struct loom_str *value);
+
+/*
+ * For LOOM_ROUTE_STREAM routes: receive the body. on_data(req, chunk, arg) gets each piece in
+ * order (what arrived before this call comes first); returning an error stops the body. Then
+ * on_end(req, status, arg) runs exactly once: LOOM_OK when the whole body is in, else why not
+ * (LOOM_ETOOBIG over the route's limit, LOOM_EPARSE malformed framing, LOOM_ECLOSED the
+ * client left, or on_data's error); the handler must answer from on_end or later (an answer to
+ * a client that left is discarded). A handler that answers before on_end (a refusal) does not
+ * get on_end, and the connection closes after the answer. Loop thread only.
+ */
+typedef loom_err (*loom_http_body_fn)(struct loom_http_req *req, struct loom_str chunk, void *arg);
+typedef void (*loom_http_end_fn)(struct loom_http_req *req, loom_err status, void *arg);
+void loom_http_req_read_body(struct loom_http_req *req, loom_http_body_fn on_data,
+                             loom_http_end_fn on_end, void *arg);
 
 /* True once the client went away: a later response is discarded. */
 bool loom_http_req_is_aborted(const struct loom_http_req *req);

@@ -108,8 +108,8 @@ static void echo_fini(void *state)
 }
 
 static const struct loom_route echo_routes[] = {
-    { LOOM_HTTP_POST, "/api/v1/echo", h_echo_body, 0 },
-    { LOOM_HTTP_GET, "/api/v1/echo/{message}", h_echo_message, 0 },
+    { LOOM_HTTP_POST, "/api/v1/echo", h_echo_body, 0, 0 },
+    { LOOM_HTTP_GET, "/api/v1/echo/{message}", h_echo_message, 0, 0 },
 };
 
 const struct loom_service echo_service = {

@@ -38,11 +38,11 @@ static void h_param(struct loom_http_req *req)
 }
 
 static const struct loom_route routes[] = {
-    { LOOM_HTTP_GET, "/hello", h_hello, 0 },
-    { LOOM_HTTP_POST, "/echo", h_echo, 0 },
-    { LOOM_HTTP_PUT, "/echo", h_echo, 64 },
-    { LOOM_HTTP_GET, "/v2/models/{name}/versions/{version}", h_param, 0 },
-    { LOOM_HTTP_GET, "/files/{rest...}", h_param, 0 },
+    { LOOM_HTTP_GET, "/hello", h_hello, 0, 0 },
+    { LOOM_HTTP_POST, "/echo", h_echo, 0, 0 },
+    { LOOM_HTTP_PUT, "/echo", h_echo, 64, 0 },
+    { LOOM_HTTP_GET, "/v2/models/{name}/versions/{version}", h_param, 0, 0 },
+    { LOOM_HTTP_GET, "/files/{rest...}", h_param, 0, 0 },
 };
 
 static struct loom_loop *loop;

@@ -107,10 +107,10 @@ static void h_slow(struct loom_http_req *req)
 }
 
 static const struct loom_route routes[] = {
-    { LOOM_HTTP_GET, "/hello", h_hello, 0 },  { LOOM_HTTP_GET, "/id", h_id, 0 },
-    { LOOM_HTTP_GET, "/big", h_big, 0 },      { LOOM_HTTP_POST, "/echo", h_echo, 0 },
-    { LOOM_HTTP_GET, "/hdr", h_hdr, 0 },      { LOOM_HTTP_GET, "/flaky", h_flaky, 0 },
-    { LOOM_HTTP_POST, "/flaky", h_flaky, 0 }, { LOOM_HTTP_GET, "/slow", h_slow, 0 },
+    { LOOM_HTTP_GET, "/hello", h_hello, 0, 0 },  { LOOM_HTTP_GET, "/id", h_id, 0, 0 },
+    { LOOM_HTTP_GET, "/big", h_big, 0, 0 },      { LOOM_HTTP_POST, "/echo", h_echo, 0, 0 },
+    { LOOM_HTTP_GET, "/hdr", h_hdr, 0, 0 },      { LOOM_HTTP_GET, "/flaky", h_flaky, 0, 0 },
+    { LOOM_HTTP_POST, "/flaky", h_flaky, 0, 0 }, { LOOM_HTTP_GET, "/slow", h_slow, 0, 0 },
 };
 
 static void *serve(void *arg)

@@ -100,19 +100,82 @@ static void h_post_only(struct loom_http_req *req)
     loom_http_respond(req, 201, NULL, LOOM_STR_NULL);
 }
 
+/* ---- streaming bodies ---- */
+
+struct upload {
+    uint64_t bytes, sum, chunks;
+    struct loom_timer t;
+    struct loom_http_req *req;
+};
+static atomic_int stream_ends, stream_closed;
+
+static loom_err up_data(struct loom_http_req *req, struct loom_str chunk, void *arg)
+{
+    LOOM_UNUSED(req);
+    struct upload *u = arg;
+    for (size_t i = 0; i < chunk.len; i++)
+        u->sum = u->sum * 31 + (unsigned char)chunk.ptr[i];
+    u->bytes += chunk.len;
+    u->chunks++;
+    /* A sink error: a byte the "disk" refuses. */
+    return memchr(chunk.ptr, '!', chunk.len) ? LOOM_EIO : LOOM_OK;
+}
+
+static void up_end(struct loom_http_req *req, loom_err status, void *arg)
+{
+    struct upload *u = arg;
+    atomic_fetch_add(&stream_ends, 1);
+    if (status == LOOM_ECLOSED)
+        atomic_fetch_add(&stream_closed, 1);
+    if (status) {
+        loom_http_respond_error(req, status == LOOM_EIO ? 507 : loom_err_http_status(status),
+                                "upload failed: %s", loom_strerror(status));
+        return;
+    }
+    char out[96];
+    int n = snprintf(out, sizeof(out), "%llu %llu", (unsigned long long)u->bytes,
+                     (unsigned long long)u->sum);
+    loom_http_respond(req, 201, "text/plain", loom_str_make(out, (size_t)n));
+}
+
+static void up_later(struct loom_timer *t)
+{
+    struct upload *u = LOOM_CONTAINER_OF(t, struct upload, t);
+    loom_http_req_read_body(u->req, up_data, up_end, u);
+}
+
+static void h_upload(struct loom_http_req *req)
+{
+    struct upload *u = loom_arena_new(req->arena, struct upload);
+    u->req = req;
+    struct loom_str mode = loom_http_req_header(req, "x-mode");
+    if (loom_str_eq_cstr(mode, "refuse")) {
+        loom_http_respond_error(req, 409, "refused before the body");
+        return;
+    }
+    if (loom_str_eq_cstr(mode, "later")) {
+        /* Ask for the body only after some asynchronous work: what came meanwhile waits. */
+        loom_timer_init(&u->t, req->loop, up_later);
+        loom_timer_start(&u->t, 30 * LOOM_NS_PER_MS, 0);
+        return;
+    }
+    loom_http_req_read_body(req, up_data, up_end, u);
+}
+
 static const struct loom_route routes[] = {
-    { LOOM_HTTP_GET, "/hello", h_hello, 0 },
-    { LOOM_HTTP_POST, "/echo", h_echo, 1000 },
-    { LOOM_HTTP_GET, "/v2/models/{name}/versions/{version}/infer", h_params, 0 },
-    { LOOM_HTTP_GET, "/v2/models/{name}", h_params, 0 },
-    { LOOM_HTTP_GET, "/v2/models/special", h_hello, 0 },
-    { LOOM_HTTP_GET, "/files/{rest...}", h_rest, 0 },
-    { LOOM_HTTP_GET, "/trace", h_trace, 0 },
-    { LOOM_HTTP_GET, "/big", h_big, 0 },
-    { LOOM_HTTP_GET, "/async", h_async, 0 },
-    { LOOM_HTTP_POST, "/async", h_async, 0 },
-    { LOOM_HTTP_POST, "/only-post", h_post_only, 0 },
-    { LOOM_HTTP_DELETE, "/only-post", h_post_only, 0 },
+    { LOOM_HTTP_GET, "/hello", h_hello, 0, 0 },
+    { LOOM_HTTP_POST, "/echo", h_echo, 1000, 0 },
+    { LOOM_HTTP_GET, "/v2/models/{name}/versions/{version}/infer", h_params, 0, 0 },
+    { LOOM_HTTP_GET, "/v2/models/{name}", h_params, 0, 0 },
+    { LOOM_HTTP_GET, "/v2/models/special", h_hello, 0, 0 },
+    { LOOM_HTTP_GET, "/files/{rest...}", h_rest, 0, 0 },
+    { LOOM_HTTP_GET, "/trace", h_trace, 0, 0 },
+    { LOOM_HTTP_GET, "/big", h_big, 0, 0 },
+    { LOOM_HTTP_GET, "/async", h_async, 0, 0 },
+    { LOOM_HTTP_POST, "/async", h_async, 0, 0 },
+    { LOOM_HTTP_POST, "/only-post", h_post_only, 0, 0 },
+    { LOOM_HTTP_DELETE, "/only-post", h_post_only, 0, 0 },
+    { LOOM_HTTP_PUT, "/upload", h_upload, 1 << 20, LOOM_ROUTE_STREAM },
 };
 
 /* ---- the server thread ---- */
@@ -259,6 +322,16 @@ static bool peer_closed(int fd)
     char c;
     ssize_t n = recv(fd, &c, 1, 0);
     return n == 0 || (n < 0 && errno == ECONNRESET);
+}
+
+/* True if the peer has closed (without blocking when it has not). */
+static bool peer_closed_nowait(int fd)
+{
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    if (poll(&p, 1, 0) <= 0)
+        return false;
+    char c;
+    return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) <= 0;
 }
 
 static int status_of(const char *resp)
@@ -693,6 +766,109 @@ static void test_abort(void)
     close(fd);
 }
 
+static uint64_t hash_of(const char *p, size_t n)
+{
+    uint64_t h = 0;
+    for (size_t i = 0; i < n; i++)
+        h = h * 31 + (unsigned char)p[i];
+    return h;
+}
+
+static void test_streaming(void)
+{
+    /* A 600 KiB body in many writes: far more than any read buffer, never held whole. */
+    size_t n = 600 * 1024;
+    char *body = malloc(n);
+    for (size_t i = 0; i < n; i++)
+        body[i] = (char)('a' + i % 23);
+    int fd = dial();
+    char head[128];
+    int hl = snprintf(head, sizeof(head),
+                      "PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n", n);
+    send_all(fd, head, (size_t)hl);
+    for (size_t off = 0; off < n; off += 50000) {
+        send_all(fd, body + off, LOOM_MIN((size_t)50000, n - off));
+        usleep(1000);
+    }
+    char *r = read_response(fd);
+    char want[96];
+    snprintf(want, sizeof(want), "%zu %llu", n, (unsigned long long)hash_of(body, n));
+    CHECK_INT(status_of(r), 201);
+    CHECK_STR(body_of(r), want);
+    free(r);
+    /* The connection goes on: a chunked upload next, then an ordinary request. */
+    send_str(fd, "PUT /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response(fd);
+    snprintf(want, sizeof(want), "11 %llu", (unsigned long long)hash_of("hello world", 11));
+    CHECK_STR(body_of(r), want);
+    free(r);
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "hello");
+    free(r);
+    /* The handler asks for the body late: what arrived meanwhile is delivered first. */
+    send_str(fd, "PUT /upload HTTP/1.1\r\nHost: x\r\nX-Mode: later\r\nContent-Length: 10\r\n\r\n"
+                 "0123456789");
+    r = read_response(fd);
+    snprintf(want, sizeof(want), "10 %llu", (unsigned long long)hash_of("0123456789", 10));
+    CHECK_STR(body_of(r), want);
+    free(r);
+    close(fd);
+    free(body);
+
+    /* A refusal before the body: answered at once, then the connection closes. */
+    fd = dial();
+    send_str(fd,
+             "PUT /upload HTTP/1.1\r\nHost: x\r\nX-Mode: refuse\r\nContent-Length: 100000\r\n\r\n");
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 409);
+    CHECK_CONTAINS(r, "Connection: close");
+    CHECK(peer_closed(fd));
+    free(r);
+    close(fd);
+
+    /* Over the route's limit (chunked, so only the count tells): on_end says ETOOBIG. */
+    atomic_store(&stream_ends, 0);
+    fd = dial();
+    send_str(fd, "PUT /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    static char data[0x2000];
+    memset(data, 'z', sizeof(data));
+    for (int i = 0; i < 140 && !peer_closed_nowait(fd); i++) {
+        send_str(fd, "2000\r\n");
+        send_all(fd, data, sizeof(data));
+        send_str(fd, "\r\n");
+    }
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 413);
+    CHECK_CONTAINS(body_of(r), "upload failed");
+    free(r);
+    close(fd);
+    CHECK_INT(atomic_load(&stream_ends), 1);
+
+    /* The sink refuses: the handler answers with its own status. */
+    fd = dial();
+    send_str(fd, "PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nabc!ef");
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 507);
+    free(r);
+    close(fd);
+
+    /* The client leaves mid-body: on_end says ECLOSED, and the server serves on. */
+    atomic_store(&stream_closed, 0);
+    fd = dial();
+    send_str(fd, "PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc");
+    usleep(20000);
+    close(fd);
+    usleep(50000);
+    CHECK_INT(atomic_load(&stream_closed), 1);
+    fd = dial();
+    send_str(fd, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "hello");
+    free(r);
+    close(fd);
+}
+
 static void test_drain(void)
 {
     int busy = dial();
@@ -727,19 +903,19 @@ static void test_router_table_errors(void)
 {
     struct loom_error err = { 0 };
     static const struct loom_route dup[] = {
-        { LOOM_HTTP_GET, "/a/{x}", h_hello, 0 },
-        { LOOM_HTTP_GET, "/a/{x}", h_hello, 0 },
+        { LOOM_HTTP_GET, "/a/{x}", h_hello, 0, 0 },
+        { LOOM_HTTP_GET, "/a/{x}", h_hello, 0, 0 },
     };
     CHECK(loom_router_new(dup, 2, &err) == NULL);
     CHECK_CONTAINS(err.msg, "declared twice");
-    static const struct loom_route bad1[] = { { LOOM_HTTP_GET, "a", h_hello, 0 } };
+    static const struct loom_route bad1[] = { { LOOM_HTTP_GET, "a", h_hello, 0, 0 } };
     CHECK(loom_router_new(bad1, 1, &err) == NULL);
-    static const struct loom_route bad2[] = { { LOOM_HTTP_GET, "/a/x{y}", h_hello, 0 } };
+    static const struct loom_route bad2[] = { { LOOM_HTTP_GET, "/a/x{y}", h_hello, 0, 0 } };
     CHECK(loom_router_new(bad2, 1, &err) == NULL);
     CHECK_CONTAINS(err.msg, "whole segment");
-    static const struct loom_route bad3[] = { { LOOM_HTTP_GET, "/a/{r...}/b", h_hello, 0 } };
+    static const struct loom_route bad3[] = { { LOOM_HTTP_GET, "/a/{r...}/b", h_hello, 0, 0 } };
     CHECK(loom_router_new(bad3, 1, &err) == NULL);
-    static const struct loom_route bad4[] = { { LOOM_HTTP_GET, "/a/{x}/{x}", h_hello, 0 } };
+    static const struct loom_route bad4[] = { { LOOM_HTTP_GET, "/a/{x}/{x}", h_hello, 0, 0 } };
     CHECK(loom_router_new(bad4, 1, &err) == NULL);
     /* Matching details, straight on the router. */
     struct loom_router *r = loom_router_new(routes, LOOM_ARRAY_SIZE(routes), &err);
@@ -784,6 +960,7 @@ int main(void)
     RUN(test_trace);
     RUN(test_big_response);
     RUN(test_abort);
+    RUN(test_streaming);
     RUN(test_drain);
     stop_server();
     return check_report();

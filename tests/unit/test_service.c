@@ -84,8 +84,8 @@ static void toy_fini(void *state)
 }
 
 static const struct loom_route toy_routes[] = {
-    { LOOM_HTTP_GET, "/answer", h_answer, 0 },
-    { LOOM_HTTP_GET, "/slow", h_slow, 0 },
+    { LOOM_HTTP_GET, "/answer", h_answer, 0, 0 },
+    { LOOM_HTTP_GET, "/slow", h_slow, 0, 0 },
 };
 
 static const struct loom_service toy_service = {
