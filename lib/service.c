@@ -323,6 +323,7 @@ static loom_err svc_start(struct runtime *rt, struct loom_svc *svc, struct loom_
         .nroutes = nroutes,
         .ctx = svc->state,
         .owner = svc,
+        .error_body = service->error_body,
         .limits = {
             .max_header_bytes = svc->common->max_header_bytes,
             .max_body_bytes = svc->common->max_body_bytes,

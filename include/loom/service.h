@@ -44,6 +44,9 @@ struct loom_service {
     const char *default_listen;   /* "127.0.0.1:8081" */
     bool optional;                /* not started by a bare `loom serve` */
     const char *default_max_body; /* default of max-body-bytes if not the runtime's 1MiB */
+    /* The body of errors the server itself answers (404, 405, 413...): NULL for KServe's
+     * {"error": ...}; loom_http_error_problem for RFC 9457 problem+json (the platform API). */
+    loom_http_error_fn error_body;
     const struct loom_conf_field *conf_fields; /* the service's own settings */
     size_t nconf_fields;
     size_t conf_size; /* sizeof the struct they fill */
