@@ -30,6 +30,19 @@ static const struct loom_conf_field inf_fields[] = {
     LOOM_CONF_RANGE_FIELD(struct inf_conf, parallel_rows, "parallel-rows", INT, "512", 1,
                           (int64_t)1 << 30,
                           "Executions of at least this many rows are split across the work pool."),
+    LOOM_CONF_FIELD(struct inf_conf, registry, "registry", STRING, "",
+                    "Model registry URL (e.g. http://127.0.0.1:8082) to serve --inference.models "
+                    "from."),
+    LOOM_CONF_FIELD(struct inf_conf, models, "models", LIST, NULL,
+                    "Registry models to serve, as name@alias or name:version (served under their "
+                    "name; aliases are followed as they move)."),
+    LOOM_CONF_RANGE_FIELD(struct inf_conf, registry_poll, "registry-poll", DURATION, "5s",
+                          (int64_t)100 * (int64_t)LOOM_NS_PER_MS,
+                          (int64_t)24 * 3600 * (int64_t)LOOM_NS_PER_SEC,
+                          "How often to check the registry for moved aliases."),
+    LOOM_CONF_RANGE_FIELD(struct inf_conf, registry_max_batch_size, "registry-max-batch-size", INT,
+                          "1024", 0, 1 << 24,
+                          "max_batch_size of registry models whose version has no serving config."),
 };
 
 static loom_err inf_init(struct loom_svc *svc, struct loom_error *err)

@@ -19,6 +19,7 @@
 #ifndef LOOM_SVC_INFERENCE_H
 #define LOOM_SVC_INFERENCE_H
 
+#include <loom/digest.h>
 #include <loom/http.h>
 #include <loom/metrics.h>
 #include <loom/model.h>
@@ -40,7 +41,11 @@ struct inf_conf {
     int64_t max_tensor_elements;
     uint64_t max_model_bytes;
     uint64_t max_infer_body;
-    int64_t parallel_rows; /* rows from which an execution is split across the work pool */
+    int64_t parallel_rows;        /* rows from which an execution is split across the work pool */
+    const char *registry;         /* model registry base URL, or "" */
+    struct loom_conf_list models; /* registry references served: name@alias or name:version */
+    uint64_t registry_poll;
+    int64_t registry_max_batch_size;
 };
 
 /* ---- model configuration (Triton names, JSON form) ---- */
@@ -143,6 +148,7 @@ struct inf_version {
     struct loom_model *model;
     const struct loom_model_info *info;
     uint64_t file_mtime_ns, file_size; /* to notice a changed file when polling */
+    char digest[LOOM_SHA256_HEX];      /* the artifact's, for models from the registry */
     struct inf_stats *stats;           /* shared by reloads of the same name and version */
     struct inf_batcher *batchers;      /* one per loop, when dynamic batching is on */
     atomic_uint_fast64_t queued;       /* requests waiting in all batchers */
@@ -204,8 +210,10 @@ struct inf_service {
     struct inf_retire *retiring_list; /* snapshots waiting for every loop's quiescent point */
     atomic_bool initial_load_done;
     struct loom_timer poll_timer;
-    struct loom_work poll_work;
     atomic_bool poll_running;
+    struct loom_timer registry_timer;
+    atomic_bool registry_running;
+    char *cache_dir; /* <data-dir>/inference-cache: artifacts downloaded from the registry */
     /* stats survive reloads: one per model name and version */
     pthread_mutex_t stats_mu;
     struct inf_stats_entry *stats_list;

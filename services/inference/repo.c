@@ -9,6 +9,7 @@
  */
 #include "inference/inference.h"
 
+#include <loom/http_client.h>
 #include <loom/json.h>
 #include <loom/log.h>
 
@@ -33,7 +34,8 @@ struct ctl_model {
     struct inf_config *config; /* in force; NULL until one parsed */
     enum inf_state state;
     char *reason;
-    bool wanted; /* explicit mode: loaded by request (or at start) */
+    bool wanted;        /* explicit mode: loaded by request (or at start) */
+    bool from_registry; /* served from --inference.models, not the repository directory */
     struct ctl_version *versions;
     size_t nversions;
 };
@@ -702,6 +704,14 @@ static void sync_all(struct inf_service *inf, bool startup)
     bool explicit_mode = inf->conf->model_control == INF_CONTROL_EXPLICIT;
     for (size_t i = 0; i < n; i++) {
         struct ctl_model *m = ctl_find(inf->ctl, names[i], true);
+        if (m->from_registry) {
+            if (startup)
+                LOOM_LOG_KV(LOOM_LOG_WARN,
+                            "repository directory ignored: the model is served "
+                            "from the registry",
+                            LOOM_KV_CSTR("model", names[i]));
+            continue;
+        }
         if (explicit_mode && startup) {
             const struct loom_conf_list *l = &inf->conf->load_models;
             for (size_t j = 0; j < l->n; j++)
@@ -716,7 +726,8 @@ static void sync_all(struct inf_service *inf, bool startup)
     /* Polling: models whose directory went away are unloaded. */
     for (size_t i = 0; !explicit_mode && i < inf->ctl->nmodels; i++) {
         struct ctl_model *m = &inf->ctl->models[i];
-        if (!bsearch(&m->name, names, n, sizeof(*names), cmp_str_ptr) && m->nversions)
+        if (!m->from_registry && !bsearch(&m->name, names, n, sizeof(*names), cmp_str_ptr) &&
+            m->nversions)
             unload_model(inf, m, "removed from the repository");
     }
     for (size_t i = 0; i < n; i++)
@@ -725,12 +736,256 @@ static void sync_all(struct inf_service *inf, bool startup)
     publish(inf);
 }
 
+/* ---- models from the registry ---- */
+
+/* The model name of a reference "name@alias" or "name:version" into name (NUL-terminated). */
+static bool ref_name(const char *ref, char *name, size_t cap)
+{
+    size_t n = strcspn(ref, "@:");
+    if (!ref[n] || n == 0 || n >= cap)
+        return false;
+    memcpy(name, ref, n);
+    name[n] = '\0';
+    if (!inf_valid_model_name(loom_str_make(name, n), NULL))
+        return false;
+    for (const char *p = ref + n + 1; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' ||
+              *p == '.'))
+            return false;
+    return ref[n + 1] != '\0';
+}
+
+/* GET the registry's `path`: LOOM_OK with a 200 answer in *res (release it), else *err. */
+static loom_err registry_get(struct inf_service *inf, const char *path, uint64_t max,
+                             struct loom_http_fetch_result *res, struct loom_error *err)
+{
+    char url[1024];
+    snprintf(url, sizeof(url), "%s%s", inf->conf->registry, path);
+    loom_err e = loom_http_fetch(url, LOOM_HTTP_GET, NULL, 0, LOOM_STR_NULL, 60 * LOOM_NS_PER_SEC,
+                                 (size_t)max, res, err);
+    if (e)
+        return loom_error_prefix(err, "registry");
+    if (res->status == 200)
+        return LOOM_OK;
+    /* The registry answers problem+json: its detail says why. */
+    struct loom_arena a;
+    loom_arena_init(&a, 0);
+    struct loom_json_doc doc;
+    struct loom_str detail = LOOM_STR("");
+    if (loom_json_parse(res->body, res->body_len, NULL, &a, &doc, NULL) == LOOM_OK) {
+        int d = loom_json_obj_get(&doc, 0, "detail");
+        if (d >= 0)
+            loom_json_unescape(&doc, d, &a, &detail);
+    }
+    e = loom_error_set(err, res->status == 404 ? LOOM_ENOTFOUND : LOOM_EIO,
+                       "registry: GET %s answered %d %.*s", path, res->status,
+                       LOOM_STR_FMT(detail));
+    loom_arena_release(&a);
+    loom_http_fetch_result_release(res);
+    return e;
+}
+
+struct resolved {
+    int64_t version;
+    char hex[LOOM_SHA256_HEX];
+    char backend[16];
+    char *serving; /* metadata.serving.config, a model configuration (JSON text), or NULL */
+};
+
+static loom_err parse_resolved(const struct loom_http_fetch_result *res, struct resolved *r,
+                               struct loom_error *err)
+{
+    struct loom_arena a;
+    loom_arena_init(&a, 0);
+    struct loom_json_doc doc;
+    loom_err e = LOOM_OK;
+    if (loom_json_parse(res->body, res->body_len, NULL, &a, &doc, err) ||
+        !loom_json_is_object(&doc, 0)) {
+        e = loom_error_set(err, LOOM_EINVAL, "registry: the resolve answer is not a JSON object");
+        goto out;
+    }
+    int ver = loom_json_obj_get(&doc, 0, "version");
+    int dig = loom_json_obj_get(&doc, 0, "artifact_digest");
+    int back = loom_json_obj_get(&doc, 0, "backend");
+    struct loom_str d, b;
+    if (ver < 0 || loom_json_to_i64(&doc, ver, &r->version) || r->version < 1 || dig < 0 ||
+        loom_json_unescape(&doc, dig, &a, &d) || !loom_str_has_prefix(d, LOOM_STR("sha256:")) ||
+        !loom_sha256_hex_valid(loom_str_make(d.ptr + 7, d.len - 7)) || back < 0 ||
+        loom_json_unescape(&doc, back, &a, &b) || b.len >= sizeof(r->backend)) {
+        e = loom_error_set(
+            err, LOOM_EINVAL,
+            "registry: the resolve answer lacks version, artifact_digest or backend");
+        goto out;
+    }
+    memcpy(r->hex, d.ptr + 7, 64);
+    r->hex[64] = '\0';
+    memcpy(r->backend, b.ptr, b.len);
+    r->backend[b.len] = '\0';
+    int meta = loom_json_obj_get(&doc, 0, "metadata");
+    int serving = meta >= 0 ? loom_json_obj_get(&doc, meta, "serving") : -1;
+    int config = serving >= 0 ? loom_json_obj_get(&doc, serving, "config") : -1;
+    if (config >= 0 && loom_json_is_object(&doc, config))
+        r->serving = loom_str_dup(loom_json_slice(&doc, config));
+out:
+    loom_arena_release(&a);
+    return e;
+}
+
+/* The artifact's bytes, from the cache or downloaded into it; verified against the digest
+ * either way (a file changed on disk is refused at load as at download). */
+static char *registry_artifact(struct inf_service *inf, const char *hex, size_t *len,
+                               struct stat *st, struct loom_error *err)
+{
+    char file[80];
+    snprintf(file, sizeof(file), "%s.model", hex);
+    char *path = path_join(inf->cache_dir, file, NULL);
+    char *data = NULL;
+    uint8_t d[LOOM_SHA256_LEN];
+    char got[LOOM_SHA256_HEX];
+    if (access(path, F_OK) != 0) {
+        char apath[128];
+        snprintf(apath, sizeof(apath), "/api/v1/artifacts/sha256:%s", hex);
+        struct loom_http_fetch_result res = { 0 };
+        if (registry_get(inf, apath, inf->conf->max_model_bytes, &res, err))
+            goto out;
+        loom_sha256(res.body, res.body_len, d);
+        loom_hex(d, sizeof(d), got);
+        if (strcmp(got, hex) != 0) {
+            loom_error_set(err, LOOM_EIO,
+                           "artifact sha256:%s downloaded from the registry has digest sha256:%s: "
+                           "refused",
+                           hex, got);
+            loom_http_fetch_result_release(&res);
+            goto out;
+        }
+        char tmp[96];
+        snprintf(tmp, sizeof(tmp), "%s.model.tmp", hex);
+        char *tpath = path_join(inf->cache_dir, tmp, NULL);
+        FILE *f = fopen(tpath, "wb");
+        bool ok = f && fwrite(res.body, 1, res.body_len, f) == res.body_len && fflush(f) == 0 &&
+                  fsync(fileno(f)) == 0;
+        if (f)
+            fclose(f);
+        ok = ok && rename(tpath, path) == 0;
+        if (!ok)
+            unlink(tpath);
+        free(tpath);
+        loom_http_fetch_result_release(&res);
+        if (!ok) {
+            loom_error_errno(err, "cannot write %s", path);
+            goto out;
+        }
+    }
+    data = read_file(path, inf->conf->max_model_bytes, len, st, err);
+    if (!data)
+        goto out;
+    loom_sha256(data, *len, d);
+    loom_hex(d, sizeof(d), got);
+    if (strcmp(got, hex) != 0) {
+        loom_error_set(err, LOOM_EIO, "cached artifact %s no longer has digest sha256:%s: refused",
+                       path, hex);
+        free(data);
+        data = NULL;
+        unlink(path); /* downloaded again next time */
+    }
+out:
+    free(path);
+    return data;
+}
+
+/* Serve what registry reference `ref` resolves to now. Under ctl_mu. */
+static void sync_registry_ref(struct inf_service *inf, const char *ref)
+{
+    char name[201];
+    if (!ref_name(ref, name, sizeof(name))) {
+        LOOM_LOG_KV(LOOM_LOG_ERROR, "bad registry reference (want name@alias or name:version)",
+                    LOOM_KV_CSTR("ref", ref));
+        return;
+    }
+    struct ctl_model *m = ctl_find(inf->ctl, name, true);
+    m->from_registry = true;
+    struct loom_error err = { 0 };
+    struct loom_http_fetch_result res = { 0 };
+    struct resolved r = { 0 };
+    char path[512];
+    snprintf(path, sizeof(path), "/api/v1/resolve/%s", ref);
+    if (registry_get(inf, path, 1 << 20, &res, &err))
+        goto fail;
+    loom_err e = parse_resolved(&res, &r, &err);
+    loom_http_fetch_result_release(&res);
+    if (e)
+        goto fail;
+    if (m->nversions == 1 && m->versions[0].v && m->versions[0].version == r.version &&
+        strcmp(m->versions[0].v->digest, r.hex) == 0) {
+        free(r.serving);
+        return; /* already serving it */
+    }
+    size_t len = 0;
+    struct stat st;
+    char *data = registry_artifact(inf, r.hex, &len, &st, &err);
+    if (!data)
+        goto fail;
+    struct loom_model *model = NULL;
+    e = loom_model_load(strcmp(r.backend, "linear") == 0 ? "linear" : "xgboost", data, len, NULL,
+                        &model, &err);
+    free(data);
+    if (e) {
+        loom_error_prefix(&err, "%s version %lld", name, (long long)r.version);
+        goto fail;
+    }
+    char dflt[96];
+    snprintf(dflt, sizeof(dflt), "{\"backend\":\"%s\",\"max_batch_size\":%lld}",
+             strcmp(r.backend, "linear") == 0 ? "linear" : "xgboost",
+             (long long)inf->conf->registry_max_batch_size);
+    const char *text = r.serving ? r.serving : dflt;
+    struct inf_config *cfg = inf_config_parse(name, text, strlen(text), &err);
+    if (!cfg || inf_config_complete(cfg, loom_model_info(model), &err)) {
+        inf_config_unref(cfg);
+        loom_model_free(model);
+        goto fail;
+    }
+    struct inf_version *v = version_new(inf, name, r.version, cfg, model, &st);
+    memcpy(v->digest, r.hex, sizeof(v->digest));
+    ctl_model_drop_versions(m);
+    m->versions = loom_calloc(1, sizeof(*m->versions));
+    m->versions[0] = (struct ctl_version){ .version = r.version, .state = INF_READY, .v = v };
+    m->nversions = 1;
+    inf_config_unref(m->config);
+    m->config = cfg;
+    m->state = INF_READY;
+    set_reason(&m->reason, NULL);
+    LOOM_LOG_KV(LOOM_LOG_INFO, "model loaded from the registry", LOOM_KV_CSTR("ref", ref),
+                LOOM_KV_INT("version", r.version), LOOM_KV_CSTR("digest", r.hex));
+    free(r.serving);
+    return;
+fail:
+    free(r.serving);
+    if (!m->reason || !strstr(m->reason, err.msg)) /* once per distinct reason, not per poll */
+        LOOM_LOG_KV(LOOM_LOG_WARN, "registry model not updated", LOOM_KV_CSTR("ref", ref),
+                    LOOM_KV_CSTR("reason", err.msg));
+    if (model_ready(m)) {
+        set_reason(&m->reason,
+                   "update from the registry failed, still serving the previous "
+                   "version: %s",
+                   err.msg);
+    } else {
+        m->state = INF_UNAVAILABLE;
+        set_reason(&m->reason, "%s", err.msg);
+    }
+}
+
+static void sync_registry(struct inf_service *inf)
+{
+    for (size_t i = 0; i < inf->conf->models.n; i++)
+        sync_registry_ref(inf, inf->conf->models.items[i]);
+}
+
 /* ---- pool jobs ---- */
 
 struct ctl_job {
     struct loom_work work;
     struct inf_service *inf;
-    enum { JOB_STARTUP, JOB_POLL, JOB_LOAD, JOB_UNLOAD } kind;
+    enum { JOB_STARTUP, JOB_POLL, JOB_REGISTRY, JOB_LOAD, JOB_UNLOAD } kind;
     char *name;
     char *config;
     size_t config_len;
@@ -747,10 +1002,23 @@ static void job_run(struct loom_work *w)
     pthread_mutex_lock(&inf->ctl_mu);
     switch (j->kind) {
     case JOB_STARTUP:
+        sync_registry(inf);
+        sync_all(inf, true);
+        break;
     case JOB_POLL:
-        sync_all(inf, j->kind == JOB_STARTUP);
+        sync_all(inf, false);
+        break;
+    case JOB_REGISTRY:
+        sync_registry(inf);
+        publish(inf);
         break;
     case JOB_LOAD: {
+        struct ctl_model *rm = ctl_find(inf->ctl, j->name, false);
+        if (rm && rm->from_registry) {
+            loom_error_set(&j->err, LOOM_EINVAL,
+                           "model '%s' is served from the registry (--inference.models)", j->name);
+            break;
+        }
         if (sync_model(inf, j->name, j->config, j->config_len, &j->err) == LOOM_OK ||
             j->err.code != LOOM_ENOTFOUND) {
             struct ctl_model *m = ctl_find(inf->ctl, j->name, false);
@@ -762,7 +1030,10 @@ static void job_run(struct loom_work *w)
     }
     case JOB_UNLOAD: {
         struct ctl_model *m = ctl_find(inf->ctl, j->name, false);
-        if (!m || (!m->nversions && m->state != INF_READY)) {
+        if (m && m->from_registry) {
+            loom_error_set(&j->err, LOOM_EINVAL,
+                           "model '%s' is served from the registry (--inference.models)", j->name);
+        } else if (!m || (!m->nversions && m->state != INF_READY)) {
             loom_error_set(&j->err, LOOM_ENOTFOUND, "model '%s' is not loaded", j->name);
         } else {
             m->wanted = false;
@@ -786,6 +1057,8 @@ static void job_done(struct loom_work *w, loom_err status)
     }
     if (j->kind == JOB_POLL)
         atomic_store(&inf->poll_running, false);
+    if (j->kind == JOB_REGISTRY)
+        atomic_store(&inf->registry_running, false);
     if (j->done) {
         loom_err e = status ? status : j->err.code;
         j->done(j->arg, e, e ? (j->err.msg[0] ? j->err.msg : loom_strerror(e)) : "");
@@ -844,8 +1117,36 @@ static void on_poll_timer(struct loom_timer *t)
         atomic_store(&inf->poll_running, false);
 }
 
+static void on_registry_timer(struct loom_timer *t)
+{
+    struct inf_service *inf = LOOM_CONTAINER_OF(t, struct inf_service, registry_timer);
+    if (atomic_exchange(&inf->registry_running, true))
+        return;
+    struct ctl_job *j = loom_new(struct ctl_job);
+    j->kind = JOB_REGISTRY;
+    if (submit(inf, t->loop, j))
+        atomic_store(&inf->registry_running, false);
+}
+
 loom_err inf_repo_start(struct inf_service *inf, struct loom_error *err)
 {
+    if (inf->conf->models.n && !inf->conf->registry[0])
+        return loom_error_set(err, LOOM_EINVAL,
+                              "--inference.models needs --inference.registry (the registry URL)");
+    for (size_t i = 0; i < inf->conf->models.n; i++) {
+        char name[201];
+        if (!ref_name(inf->conf->models.items[i], name, sizeof(name)))
+            return loom_error_set(err, LOOM_EINVAL,
+                                  "--inference.models: \"%s\" is not name@alias or name:version",
+                                  inf->conf->models.items[i]);
+    }
+    if (inf->conf->models.n) {
+        const char *data = loom_svc_global(inf->svc)->data_dir;
+        mkdir(data, 0755);
+        inf->cache_dir = path_join(data, "inference-cache", NULL);
+        if (mkdir(inf->cache_dir, 0755) < 0 && errno != EEXIST)
+            return loom_error_errno(err, "cannot create %s", inf->cache_dir);
+    }
     struct stat st;
     const char *repo = inf->conf->model_repository;
     if (!repo[0]) {
@@ -875,6 +1176,10 @@ loom_err inf_repo_start(struct inf_service *inf, struct loom_error *err)
         loom_timer_init(&inf->poll_timer, inf->loops[0].loop, on_poll_timer);
         loom_timer_start(&inf->poll_timer, inf->conf->poll_interval, inf->conf->poll_interval);
     }
+    if (inf->conf->models.n) {
+        loom_timer_init(&inf->registry_timer, inf->loops[0].loop, on_registry_timer);
+        loom_timer_start(&inf->registry_timer, inf->conf->registry_poll, inf->conf->registry_poll);
+    }
     return LOOM_OK;
 }
 
@@ -900,6 +1205,7 @@ void inf_repo_stop(struct inf_service *inf)
         free(r);
     }
     snapshot_free(atomic_exchange(&inf->snap, NULL));
+    free(inf->cache_dir);
     pthread_mutex_destroy(&inf->ctl_mu);
     pthread_mutex_destroy(&inf->retire_mu);
 }
@@ -948,8 +1254,25 @@ void inf_repo_index(struct inf_service *inf, bool ready_only, struct loom_buf *o
                 index_entry(out, &first, names[i], ver, sv->state, sv->reason);
             }
         }
-        free(names[i]);
     }
+    /* Models served from the registry have no directory: list them too. */
+    for (size_t i = 0; i < s->nmodels; i++) {
+        const struct inf_snap_model *m = &s->models[i];
+        if (bsearch(&m->name, names, n, sizeof(*names), cmp_str_ptr))
+            continue;
+        for (size_t j = 0; j < m->nversions; j++) {
+            const struct inf_snap_version *sv = &m->versions[j];
+            if (ready_only && sv->state != INF_READY)
+                continue;
+            char ver[24];
+            snprintf(ver, sizeof(ver), "%lld", (long long)sv->version);
+            index_entry(out, &first, m->name, ver, sv->state, sv->reason);
+        }
+        if (!m->nversions && !ready_only)
+            index_entry(out, &first, m->name, NULL, m->state, m->reason);
+    }
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
     free(names);
     loom_buf_putc(out, ']');
 }
