@@ -145,11 +145,11 @@ static void xgb_free(void *state)
  * below 0, >= 2^24 and infinite values are no category and go left, as in XGBoost. */
 static bool cat_goes_right(const struct xgb *m, uint32_t ci, float x)
 {
-    if (!(x >= 0.0f && x < 16777216.0f))
+    size_t lo = 0, hi = m->cat_ranges[ci].len;
+    if (!(x >= 0.0f && x < 16777216.0f) || hi == 0)
         return false;
     uint32_t c = (uint32_t)x;
     const uint32_t *v = m->cats + m->cat_ranges[ci].off;
-    size_t lo = 0, hi = m->cat_ranges[ci].len;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         if (v[mid] < c)
@@ -378,8 +378,9 @@ static void xgb_predict_margin(const void *state, const float *x, size_t n, floa
 
 /* ---- Loading ------------------------------------------------------------------------------ */
 
-/* Per-node scratch for one tree, sized for the largest tree. */
+/* Per-node scratch for one tree, grown to the largest tree so far. */
 struct scratch {
+    size_t cap;
     int64_t *left, *right;
     int64_t *feat;
     float *cond;
@@ -390,14 +391,27 @@ struct scratch {
     int32_t *catk; /* index into categories_nodes, or -1 */
 };
 
+/* A byte range of the model document. */
+struct span {
+    size_t start, len;
+};
+
 struct loader {
-    const struct loom_json_doc *doc;
+    const struct loom_json_doc *doc; /* the document, or while a tree loads, the tree's */
     const struct loom_model_limits *lim;
     struct loom_error *err;
     struct xgb *m;
     struct scratch s;
     bool dart;
     int weight_drop; /* dart: the weight_drop array */
+    float *weights;  /* per tree: dart's weight_drop, 1 for gbtree */
+    /* Split mode: the document was tokenized without the trees, whose spans are here. */
+    const char *data;
+    const struct span *trees;
+    size_t ntrees;
+    size_t trees_at; /* offset of the (emptied) trees array in the tokenized skeleton */
+    struct loom_arena *tree_arena;
+    size_t node_cap, cat_cap, range_cap;
 };
 
 /* The member `key` of object `obj` as a token index, or -1 (also if obj is not an object). */
@@ -536,14 +550,43 @@ static int cmp_u32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Validate one tree (token `tree`, num_nodes n) and append its re-laid nodes at nodes[base]. */
-static loom_err load_tree(struct loader *ld, uint32_t t, int tree, int64_t n, size_t base,
-                          size_t *used)
+static void scratch_reserve(struct scratch *s, size_t n);
+
+/* Grow the array at *p (of elements of `size` bytes, *cap of them) to hold `need`. */
+static void reserve(void *p, size_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap)
+        return;
+    size_t c = LOOM_MAX(need, *cap * 2);
+    *(void **)p = loom_realloc(*(void **)p, loom_mul_size(c, size));
+    *cap = c;
+}
+
+/* Validate tree t (token `tree` of ld->doc) and append its re-laid nodes to the model. */
+static loom_err load_tree(struct loader *ld, uint32_t t, int tree)
 {
     const struct loom_json_doc *d = ld->doc;
+    const struct loom_model_limits *lim = ld->lim;
     struct xgb *m = ld->m;
     struct scratch *s = &ld->s;
     loom_err e;
+    int64_t n, v;
+    int tp;
+    if (!loom_json_is_object(d, tree))
+        return loom_error_set(ld->err, LOOM_EINVAL, "tree %u is not an object", t);
+    if ((e = need_object(ld, tree, "tree_param", "", &tp)))
+        return loom_error_prefix(ld->err, "tree %u", t);
+    if ((e = param_int(ld, tp, "num_nodes", "tree_param.", true, 0, 1, INT32_MAX, &n)) ||
+        (e = param_int(ld, tp, "size_leaf_vector", "tree_param.", false, 0, 0, INT32_MAX, &v)))
+        return loom_error_prefix(ld->err, "tree %u", t);
+    if (v != 0)
+        return loom_error_set(ld->err, LOOM_EUNSUPPORTED,
+                              "tree %u: vector leaves (size_leaf_vector %lld) are not supported", t,
+                              (long long)v);
+    if (n > lim->max_nodes)
+        return loom_error_set(ld->err, LOOM_ETOOBIG,
+                              "tree %u: num_nodes %lld is more than the limit of %u", t,
+                              (long long)n, lim->max_nodes);
     int al, ar, af, ac, adl, ast, acat, acn, acs, acz;
     if ((e = tree_array(ld, t, tree, "left_children", n, true, &al)) ||
         (e = tree_array(ld, t, tree, "right_children", n, true, &ar)) ||
@@ -556,6 +599,23 @@ static loom_err load_tree(struct loader *ld, uint32_t t, int tree, int64_t n, si
         (e = tree_array(ld, t, tree, "categories_segments", -1, false, &acs)) ||
         (e = tree_array(ld, t, tree, "categories_sizes", -1, false, &acz)))
         return e;
+
+    /* Room for this tree. The arrays were just checked to hold n numbers each, so no count
+     * claimed by the file reserves more than its tokens justify. */
+    size_t base = m->nnodes;
+    if ((size_t)n > UINT32_MAX / XN_SIZE - 1 - base)
+        return loom_error_set(ld->err, LOOM_ETOOBIG, "the model has more than %u nodes",
+                              UINT32_MAX / XN_SIZE - 1);
+    size_t node_cap = ld->node_cap;
+    reserve(&m->nodes, &node_cap, base + (size_t)n, sizeof(*m->nodes));
+    reserve(&m->aux, &ld->node_cap, base + (size_t)n, sizeof(*m->aux));
+    if (acat >= 0)
+        reserve(&m->cats, &ld->cat_cap, m->ncats + (size_t)loom_json_size(d, acat),
+                sizeof(*m->cats));
+    if (acn >= 0)
+        reserve(&m->cat_ranges, &ld->range_cap, m->ncat_ranges + (size_t)loom_json_size(d, acn),
+                sizeof(*m->cat_ranges));
+    scratch_reserve(s, (size_t)n);
 
     /* Children: a leaf has -1 and -1; a split has two children after it, each with one parent.
      * Children after their parent make every walk finite. */
@@ -596,7 +656,6 @@ static loom_err load_tree(struct loader *ld, uint32_t t, int tree, int64_t n, si
     /* Per-node fields. Leaves' split_indices are not features (XGBoost writes 0, and large
      * values for deleted nodes), so only splits are range-checked. */
     for (int64_t i = 0; i < n; i++) {
-        int64_t v;
         bool split = s->left[i] != -1;
         if ((e = elem_int(ld, t, af, "split_indices", i, INT64_MIN, INT64_MAX, &s->feat[i])))
             return e;
@@ -670,13 +729,7 @@ static loom_err load_tree(struct loader *ld, uint32_t t, int tree, int64_t n, si
     s->order[0] = 0;
     s->depth[0] = 0;
     uint32_t depth = 0;
-    float bm = m->base_margin, w = 1.0f;
-    if (ld->dart) {
-        int wi = ld->weight_drop + 1 + (int)t;
-        if (loom_json_to_float(d, wi, &w) != LOOM_OK || !isfinite(w))
-            return loom_error_set(ld->err, LOOM_EINVAL, "weight_drop[%u] is not a finite number",
-                                  t);
-    }
+    float bm = m->base_margin, w = ld->weights[t];
     for (; k < nvis; k++) {
         uint32_t old = s->order[k];
         struct xnode *nd = &m->nodes[base + k];
@@ -714,18 +767,20 @@ static loom_err load_tree(struct loader *ld, uint32_t t, int tree, int64_t n, si
         int64_t seg, size;
         elem_int(ld, t, acs, "categories_segments", ck, 0, ncat, &seg);
         elem_int(ld, t, acz, "categories_sizes", ck, 0, ncat, &size);
-        uint32_t *dst = m->cats + m->ncats;
-        for (int64_t j = 0; j < size; j++) {
-            int64_t c;
-            if ((e = elem_int(ld, t, acat, "categories", seg + j, 0, INT32_MAX, &c)))
-                return e;
-            dst[j] = (uint32_t)c;
-        }
-        qsort(dst, (size_t)size, sizeof(*dst), cmp_u32);
         size_t len = 0;
-        for (int64_t j = 0; j < size; j++)
-            if (len == 0 || dst[len - 1] != dst[j])
-                dst[len++] = dst[j];
+        if (size > 0) {
+            uint32_t *dst = m->cats + m->ncats;
+            for (int64_t j = 0; j < size; j++) {
+                int64_t c;
+                if ((e = elem_int(ld, t, acat, "categories", seg + j, 0, INT32_MAX, &c)))
+                    return e;
+                dst[j] = (uint32_t)c;
+            }
+            qsort(dst, (size_t)size, sizeof(*dst), cmp_u32);
+            for (int64_t j = 0; j < size; j++)
+                if (len == 0 || dst[len - 1] != dst[j])
+                    dst[len++] = dst[j];
+        }
         m->cat_ranges[m->ncat_ranges] = (struct cat_range){ (uint32_t)m->ncats, (uint32_t)len };
         ax->cat = m->ncat_ranges++;
         nd->feat |= XN_CAT;
@@ -735,23 +790,26 @@ static loom_err load_tree(struct loader *ld, uint32_t t, int tree, int64_t n, si
     m->trees[t].root = (uint32_t)base * XN_SIZE;
     m->trees[t].depth = depth;
     m->max_depth = LOOM_MAX(m->max_depth, depth);
-    *used = nvis;
+    m->nnodes += nvis;
     return LOOM_OK;
 }
 
-static void scratch_alloc(struct scratch *s, size_t n)
+static void scratch_reserve(struct scratch *s, size_t n)
 {
-    n = n ? n : 1;
-    s->left = loom_malloc(loom_mul_size(n, sizeof(*s->left)));
-    s->right = loom_malloc(loom_mul_size(n, sizeof(*s->right)));
-    s->feat = loom_malloc(loom_mul_size(n, sizeof(*s->feat)));
-    s->cond = loom_malloc(loom_mul_size(n, sizeof(*s->cond)));
-    s->dl = loom_malloc(n);
-    s->st = loom_malloc(n);
-    s->parent = loom_malloc(loom_mul_size(n, sizeof(*s->parent)));
-    s->order = loom_malloc(loom_mul_size(n, sizeof(*s->order)));
-    s->depth = loom_malloc(loom_mul_size(n, sizeof(*s->depth)));
-    s->catk = loom_malloc(loom_mul_size(n, sizeof(*s->catk)));
+    if (n <= s->cap)
+        return;
+    n = LOOM_MAX(n, s->cap * 2);
+    s->left = loom_realloc(s->left, loom_mul_size(n, sizeof(*s->left)));
+    s->right = loom_realloc(s->right, loom_mul_size(n, sizeof(*s->right)));
+    s->feat = loom_realloc(s->feat, loom_mul_size(n, sizeof(*s->feat)));
+    s->cond = loom_realloc(s->cond, loom_mul_size(n, sizeof(*s->cond)));
+    s->dl = loom_realloc(s->dl, n);
+    s->st = loom_realloc(s->st, n);
+    s->parent = loom_realloc(s->parent, loom_mul_size(n, sizeof(*s->parent)));
+    s->order = loom_realloc(s->order, loom_mul_size(n, sizeof(*s->order)));
+    s->depth = loom_realloc(s->depth, loom_mul_size(n, sizeof(*s->depth)));
+    s->catk = loom_realloc(s->catk, loom_mul_size(n, sizeof(*s->catk)));
+    s->cap = n;
 }
 
 static void scratch_free(struct scratch *s)
@@ -938,9 +996,17 @@ static loom_err load_doc(struct loader *ld, struct loom_arena *arena)
         return loom_error_set(ld->err, LOOM_EINVAL, "trees is missing");
     if (info < 0 || !loom_json_is_array(d, info))
         return loom_error_set(ld->err, LOOM_EINVAL, "tree_info is missing");
-    if (loom_json_size(d, trees) != ntrees)
-        return loom_error_set(ld->err, LOOM_EINVAL, "trees has %d trees, num_trees is %lld",
-                              loom_json_size(d, trees), (long long)ntrees);
+    /* In split mode the skeleton's trees array must be the one that was emptied; if the
+     * document's layout fooled the scanner, load it again the plain way. */
+    size_t count = (size_t)loom_json_size(d, trees);
+    if (ld->trees) {
+        if (d->toks[trees].start != ld->trees_at || count != 0)
+            return LOOM_EAGAIN;
+        count = ld->ntrees;
+    }
+    if (count != (size_t)ntrees)
+        return loom_error_set(ld->err, LOOM_EINVAL, "trees has %zu trees, num_trees is %lld", count,
+                              (long long)ntrees);
     if (loom_json_size(d, info) != ntrees || loom_json_skip(d, info) != info + 1 + ntrees)
         return loom_error_set(ld->err, LOOM_EINVAL,
                               "tree_info must hold %lld integers, one per tree", (long long)ntrees);
@@ -951,78 +1017,209 @@ static loom_err load_doc(struct loader *ld, struct loom_arena *arena)
                               (long long)ntrees);
     m->ntrees = (uint32_t)ntrees;
     m->trees = loom_calloc(ntrees ? (size_t)ntrees : 1, sizeof(*m->trees));
-
-    /* First pass: sizes, so that every array is allocated once and exactly. Array lengths are
-     * checked against the document here, so no claimed count can allocate more than the
-     * document's tokens justify. */
-    size_t total = 0, maxn = 0, ncats = 0, ncatnodes = 0;
-    uint32_t t = 0;
-    loom_json_foreach (d, trees, ti) {
-        int64_t n, g;
-        int tp, lc;
-        if (!loom_json_is_object(d, ti))
-            return loom_error_set(ld->err, LOOM_EINVAL, "tree %u is not an object", t);
-        if (loom_json_to_i64(d, info + 1 + (int)t, &g) != LOOM_OK || g < 0 || g >= m->ngroups)
+    ld->weights = loom_malloc(loom_mul_size(ntrees ? (size_t)ntrees : 1, sizeof(float)));
+    for (uint32_t t = 0; t < m->ntrees; t++) {
+        struct loom_str g = loom_json_slice(d, info + 1 + (int)t);
+        int64_t group;
+        if (loom_json_to_i64(d, info + 1 + (int)t, &group) != LOOM_OK || group < 0 ||
+            group >= m->ngroups)
             return loom_error_set(ld->err, LOOM_EINVAL,
                                   "tree_info[%u] = %.*s is not an output group in [0, %u)", t,
-                                  (int)LOOM_MIN(loom_json_slice(d, info + 1 + (int)t).len, 40),
-                                  loom_json_slice(d, info + 1 + (int)t).ptr, m->ngroups);
-        m->trees[t].group = (uint32_t)g;
-        if ((e = need_object(ld, ti, "tree_param", "", &tp)))
-            return loom_error_prefix(ld->err, "tree %u", t);
-        if ((e = param_int(ld, tp, "num_nodes", "tree_param.", true, 0, 1, INT32_MAX, &n)) ||
-            (e = param_int(ld, tp, "size_leaf_vector", "tree_param.", false, 0, 0, INT32_MAX, &v)))
-            return loom_error_prefix(ld->err, "tree %u", t);
-        if (v != 0)
-            return loom_error_set(ld->err, LOOM_EUNSUPPORTED,
-                                  "tree %u: vector leaves (size_leaf_vector %lld) are not "
-                                  "supported",
-                                  t, (long long)v);
-        if (n > lim->max_nodes)
-            return loom_error_set(ld->err, LOOM_ETOOBIG,
-                                  "tree %u: num_nodes %lld is more than the limit of %u", t,
-                                  (long long)n, lim->max_nodes);
-        if ((e = tree_array(ld, t, ti, "left_children", n, true, &lc)))
-            return e;
-        int ca = member(ld, ti, "categories"), cn = member(ld, ti, "categories_nodes");
-        if (ca >= 0 && loom_json_is_array(d, ca))
-            ncats += (size_t)loom_json_size(d, ca);
-        if (cn >= 0 && loom_json_is_array(d, cn))
-            ncatnodes += (size_t)loom_json_size(d, cn);
-        total += (size_t)n;
-        maxn = LOOM_MAX(maxn, (size_t)n);
-        t++;
+                                  (int)LOOM_MIN(g.len, 40), g.ptr, m->ngroups);
+        m->trees[t].group = (uint32_t)group;
+        ld->weights[t] = 1.0f;
+        if (ld->dart && (loom_json_to_float(d, ld->weight_drop + 1 + (int)t, &ld->weights[t]) ||
+                         !isfinite(ld->weights[t])))
+            return loom_error_set(ld->err, LOOM_EINVAL, "weight_drop[%u] is not a finite number",
+                                  t);
     }
-    if (total > UINT32_MAX / XN_SIZE - 1)
-        return loom_error_set(ld->err, LOOM_ETOOBIG, "the model has more than %u nodes",
-                              UINT32_MAX / XN_SIZE - 1);
-    m->nodes = loom_malloc(loom_mul_size(total ? total : 1, sizeof(*m->nodes)));
-    m->aux = loom_malloc(loom_mul_size(total ? total : 1, sizeof(*m->aux)));
-    m->cats = loom_malloc(loom_mul_size(ncats ? ncats : 1, sizeof(*m->cats)));
-    m->cat_ranges = loom_malloc(loom_mul_size(ncatnodes ? ncatnodes : 1, sizeof(*m->cat_ranges)));
-    scratch_alloc(&ld->s, maxn);
+    if ((e = load_feature_names(ld, learner, arena)))
+        return e;
 
-    /* Second pass: validate and re-lay each tree. */
-    t = 0;
-    loom_json_foreach (d, trees, ti) {
-        int64_t n = 0;
-        size_t used = 0;
-        param_int(ld, member(ld, ti, "tree_param"), "num_nodes", "", true, 0, 1, INT32_MAX, &n);
-        if ((e = load_tree(ld, t, ti, n, m->nnodes, &used)))
+    /* Each tree: a subtree of the document's tokens, or tokenized from its span on its own
+     * (into an arena reset for each, so that only one tree's tokens exist at a time). */
+    const struct loom_json_doc *doc = ld->doc;
+    uint32_t t = 0;
+    if (!ld->trees) {
+        loom_json_foreach (doc, trees, ti) {
+            if ((e = load_tree(ld, t++, ti)))
+                return e;
+        }
+    }
+    for (t = 0; ld->trees && t < ld->ntrees; t++) {
+        const struct loom_json_limits jl = { .max_depth = 8,
+                                             .max_tokens = INT32_MAX,
+                                             .allow_nonfinite = true };
+        struct loom_json_doc tdoc;
+        const struct span sp = ld->trees[t];
+        loom_arena_reset(ld->tree_arena);
+        if ((e = loom_json_parse(ld->data + sp.start, sp.len, &jl, ld->tree_arena, &tdoc, ld->err)))
+            return loom_error_prefix(ld->err, "model JSON, in tree %u which starts at offset %zu",
+                                     t, sp.start);
+        ld->doc = &tdoc;
+        e = load_tree(ld, t, 0);
+        ld->doc = doc;
+        if (e)
             return e;
-        m->nnodes += used;
-        t++;
     }
     m->lane_depth = loom_calloc(ntrees / TREE_LANES + 1, sizeof(*m->lane_depth));
     for (t = 0; t < m->ntrees; t++)
         m->lane_depth[t / TREE_LANES] = LOOM_MAX(m->lane_depth[t / TREE_LANES], m->trees[t].depth);
-    return load_feature_names(ld, learner, arena);
+    return LOOM_OK;
+}
+
+/*
+ * ---- Splitting the trees out -----------------------------------------------------------------
+ *
+ * Tokens take about as many bytes as the text they describe, and a model is nearly all trees,
+ * so tokenizing a model of hundreds of MB whole would need several times its size. Instead a
+ * small structural scanner (strings and brackets only) finds learner.gradient_booster's
+ * model.trees (gbtree.model.trees for dart) and cuts it into one span per tree. The document is
+ * tokenized with the trees array emptied, and each tree on its own when its turn comes, so one
+ * tree's tokens exist at a time. The scanner validates nothing the tokenizer will not see
+ * again: every byte except the separators between trees (which it checks itself) goes through
+ * the strict tokenizer. Anything it does not follow (escaped keys, odd nesting) falls back to
+ * tokenizing the whole document.
+ */
+
+static const char *sc_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++;
+    return p;
+}
+
+/* Past the string whose opening quote is at p, or NULL. */
+static const char *sc_string(const char *p, const char *end)
+{
+    for (p++; p < end;) {
+        if (*p == '"')
+            return p + 1;
+        if (*p == '\\' && end - p < 2)
+            return NULL;
+        p += *p == '\\' ? 2 : 1;
+    }
+    return NULL;
+}
+
+/* Past the value at p, or NULL; containers may nest `depth` deep. */
+static const char *sc_value(const char *p, const char *end, int depth)
+{
+    if (p == end)
+        return NULL;
+    if (*p == '"')
+        return sc_string(p, end);
+    if (*p != '{' && *p != '[') {
+        const char *q = p; /* a number or a literal: the tokenizer judges it later */
+        while (q < end && ((*q >= '0' && *q <= '9') || (*q >= 'a' && *q <= 'z') ||
+                           (*q >= 'A' && *q <= 'Z') || *q == '-' || *q == '+' || *q == '.'))
+            q++;
+        return q > p ? q : NULL;
+    }
+    char close = *p == '{' ? '}' : ']';
+    if (depth == 0)
+        return NULL;
+    p = sc_ws(p + 1, end);
+    if (p < end && *p == close)
+        return p + 1;
+    for (;;) {
+        if (close == '}') {
+            if (p == end || *p != '"' || !(p = sc_string(p, end)))
+                return NULL;
+            p = sc_ws(p, end);
+            if (p == end || *p != ':')
+                return NULL;
+            p = sc_ws(p + 1, end);
+        }
+        if (!(p = sc_value(p, end, depth - 1)))
+            return NULL;
+        p = sc_ws(p, end);
+        if (p < end && *p == ',') {
+            p = sc_ws(p + 1, end);
+            continue;
+        }
+        return p < end && *p == close ? p + 1 : NULL;
+    }
+}
+
+/* The value of the first member named `key` (compared unescaped-as-is) of the object at p. */
+static const char *sc_member(const char *p, const char *end, const char *key)
+{
+    if (!p || p == end || *p != '{')
+        return NULL;
+    size_t klen = strlen(key);
+    p = sc_ws(p + 1, end);
+    while (p < end && *p == '"') {
+        const char *k = p + 1, *q = sc_string(p, end);
+        if (!q)
+            return NULL;
+        bool match = (size_t)(q - 1 - k) == klen && memcmp(k, key, klen) == 0;
+        p = sc_ws(q, end);
+        if (p == end || *p != ':')
+            return NULL;
+        p = sc_ws(p + 1, end);
+        if (match)
+            return p;
+        if (!(p = sc_value(p, end, 32)))
+            return NULL;
+        p = sc_ws(p, end);
+        if (p == end || *p != ',')
+            return NULL;
+        p = sc_ws(p + 1, end);
+    }
+    return NULL;
+}
+
+/*
+ * Find the trees array: on success *open and *close are the offsets of its brackets and
+ * *spans (caller frees) holds the elements' spans. False when the document does not have the
+ * expected shape or has more than max_trees trees; the plain path then reports what is wrong.
+ */
+static bool split_trees(const char *data, size_t len, uint32_t max_trees, size_t *open,
+                        size_t *close, struct span **spans, size_t *n)
+{
+    const char *end = data + len, *root = sc_ws(data, end);
+    const char *gb = sc_member(sc_member(root, end, "learner"), end, "gradient_booster");
+    const char *model = sc_member(gb, end, "model");
+    if (!model)
+        model = sc_member(sc_member(gb, end, "gbtree"), end, "model");
+    const char *p = sc_member(model, end, "trees");
+    if (!p || p == end || *p != '[')
+        return false;
+    *open = (size_t)(p - data);
+    struct span *sp = NULL;
+    size_t count = 0, cap = 0;
+    p = sc_ws(p + 1, end);
+    while (p < end && *p != ']') {
+        const char *q = sc_value(p, end, 8);
+        if (!q || count == max_trees)
+            goto fail;
+        reserve(&sp, &cap, count + 1, sizeof(*sp));
+        sp[count++] = (struct span){ (size_t)(p - data), (size_t)(q - p) };
+        p = sc_ws(q, end);
+        if (p < end && *p == ',') {
+            p = sc_ws(p + 1, end);
+            if (p < end && *p == ']')
+                goto fail; /* a trailing comma */
+        } else if (p == end || *p != ']') {
+            goto fail;
+        }
+    }
+    if (p == end)
+        goto fail;
+    *close = (size_t)(p - data);
+    *spans = sp;
+    *n = count;
+    return true;
+fail:
+    free(sp);
+    return false;
 }
 
 static loom_err xgb_load(const char *data, size_t len, const struct loom_model_limits *lim,
                          struct loom_model_info *info, void **state, struct loom_error *err)
 {
-    struct loom_arena arena;
+    struct loom_arena arena, tree_arena;
     struct loom_json_doc doc;
     const struct loom_json_limits jl = {
         .max_depth = 32,
@@ -1030,17 +1227,48 @@ static loom_err xgb_load(const char *data, size_t len, const struct loom_model_l
         .max_bytes = lim->max_bytes,
         .allow_nonfinite = true,
     };
+    struct span *spans = NULL;
+    size_t open, close, nspans = 0;
+    char *skeleton = NULL;
+    bool split = split_trees(data, len, lim->max_trees, &open, &close, &spans, &nspans);
     loom_arena_init(&arena, 1 << 16);
-    loom_err e = loom_json_parse(data, len, &jl, &arena, &doc, err);
+    loom_arena_init(&tree_arena, 1 << 16);
+    loom_err e;
+    struct loader ld;
+again:
+    if (split) {
+        /* The document without the trees: "...\"trees\":[" + "]..." */
+        skeleton = loom_malloc(open + 1 + (len - close));
+        memcpy(skeleton, data, open + 1);
+        memcpy(skeleton + open + 1, data + close, len - close);
+        e = loom_json_parse(skeleton, open + 1 + (len - close), &jl, &arena, &doc, err);
+    } else {
+        e = loom_json_parse(data, len, &jl, &arena, &doc, err);
+    }
     if (e) {
         loom_error_prefix(err, "model JSON");
         goto out;
     }
-    struct loader ld = { .doc = &doc, .lim = lim, .err = err, .m = loom_new(struct xgb) };
+    ld = (struct loader){ .doc = &doc, .lim = lim, .err = err, .m = loom_new(struct xgb) };
+    if (split) {
+        ld.data = data;
+        ld.trees = spans;
+        ld.ntrees = nspans;
+        ld.trees_at = open;
+        ld.tree_arena = &tree_arena;
+    }
     e = load_doc(&ld, &arena);
     scratch_free(&ld.s);
+    free(ld.weights);
     if (e) {
         xgb_free(ld.m);
+        if (e == LOOM_EAGAIN && split) {
+            split = false;
+            free(skeleton);
+            skeleton = NULL;
+            loom_arena_reset(&arena);
+            goto again;
+        }
         goto out;
     }
     struct xgb *m = ld.m;
@@ -1053,6 +1281,9 @@ static loom_err xgb_load(const char *data, size_t len, const struct loom_model_l
     info->feature_names = (const char *const *)m->feature_names;
     *state = m;
 out:
+    free(skeleton);
+    free(spans);
+    loom_arena_release(&tree_arena);
     loom_arena_release(&arena);
     return e;
 }

@@ -447,7 +447,7 @@ static void test_xgb_errors(void)
           LOOM_EINVAL,
           "learner.learner_model_param.num_feature -3 is out of range [0, 2147483647]" },
         { "\"num_class\":\"0\",\"num_feature\":\"3\"", "\"num_class\":\"0\",\"num_feature\":\"2\"",
-          LOOM_EINVAL, "tree 1 node 0: split feature 2 is out of range (num_feature 2)" },
+          LOOM_EINVAL, "learner.feature_names has 3 names for 2 features" },
         { "\"num_class\":\"0\"", "\"num_class\":\"3\"", LOOM_EINVAL,
           "learner.learner_model_param.num_class 3 does not suit objective reg:squarederror" },
         { "\"num_target\":\"1\"", "\"num_target\":\"2\"", LOOM_EUNSUPPORTED,
@@ -465,7 +465,12 @@ static void test_xgb_errors(void)
         /* syntax */
         { "\"version\":[1,7,4]}", "\"version\":[1,7,4]}x", LOOM_EPARSE,
           "model JSON: unexpected data after the top-level value at offset " },
-        { "NaN", "nan", LOOM_EPARSE, "model JSON: expected a value at offset " },
+        /* a syntax error in a tree: its offset is counted from the start of the tree */
+        { "NaN", "nan", LOOM_EPARSE,
+          "model JSON, in tree 1 which starts at offset 735: expected a value at offset 195 "
+          "(line 1, column 196)" },
+        { "[" TREE_A ",", "[" TREE_A ",,", LOOM_EPARSE,
+          "model JSON: expected a value at offset 735 (line 1, column 736)" },
     };
     for (size_t k = 0; k < LOOM_ARRAY_SIZE(cases); k++) {
         char *json = mutate(reg_model, cases[k].from, cases[k].to);
@@ -494,6 +499,10 @@ static void test_xgb_errors(void)
         const char *msg;
     } docs[] = {
         { "[]", LOOM_EINVAL, "the model is not a JSON object" },
+        /* found by fuzz_xgb: the document ends where the trees array should begin */
+        { "{\"learner\":{\"gradient_booster\":{\"model\":{\"trees\":", LOOM_EPARSE,
+          "model JSON: unexpected end of input, expected a value at offset 49 (line 1, column "
+          "50)" },
         { "{}", LOOM_EINVAL, "learner is missing" },
         { "{\"learner\":[]}", LOOM_EINVAL, "learner is not an object" },
         { "", LOOM_EPARSE,
@@ -561,6 +570,75 @@ static void test_xgb_cycles(void)
     loom_model_free(m);
     free(orphan);
     free(orphan2);
+}
+
+/*
+ * Trees are normally cut out of the text and tokenized one at a time; documents the cutting
+ * scanner does not follow are tokenized whole instead, with the same results.
+ */
+static void test_xgb_layouts(void)
+{
+    /* An escaped key, pretty-printed whitespace, and a decoy "model" where dart has none. */
+    char *escaped = mutate(reg_model, "\"trees\":", "\"tr\\u0065es\":");
+    char *spaced = mutate(reg_model, "\"trees\":[", "\"trees\" :\n [\n  ");
+    char *spaced2 = mutate(spaced, "},{\"categories\"", "} ,\n {\"categories\"");
+    static const char dart[] =
+        MODEL("reg:squarederror", "0", "5E-1",
+              "\"gradient_booster\":{\"model\":{\"gbtree_model_param\":{\"num_trees\":\"0\"},"
+              "\"tree_info\":[],\"trees\":[]},\"gbtree\":{\"model\":{\"gbtree_model_param\":"
+              "{\"num_trees\":\"2\"},\"tree_info\":[0,0],\"trees\":[" TREE_A "," TREE_B "]}},"
+              "\"name\":\"dart\",\"weight_drop\":[1,1]}");
+    const char *docs[] = { escaped, spaced2, dart };
+    for (size_t k = 0; k < LOOM_ARRAY_SIZE(docs); k++) {
+        struct loom_model *m;
+        struct loom_error e = { 0 };
+        CHECK_INT(load("xgboost", docs[k], NULL, &m, &e), LOOM_OK);
+        if (!m) {
+            fprintf(stderr, "  doc %zu: %s\n", k, e.msg);
+            continue;
+        }
+        CHECK_UINT(loom_model_info(m)->num_trees, 2);
+        float out[NROWS];
+        loom_model_predict(m, &rows[0][0], NROWS, out);
+        for (int r = 0; r < NROWS; r++)
+            CHECK_BITS(out[r], reg_expected[r]);
+        loom_model_free(m);
+    }
+    free(escaped);
+    free(spaced);
+    free(spaced2);
+    /* A trailing comma among the trees is still a syntax error. */
+    char *trailing = mutate(reg_model, TREE_B "]", TREE_B ",]");
+    struct loom_model *m;
+    struct loom_error e = { 0 };
+    CHECK_INT(load("xgboost", trailing, NULL, &m, &e), LOOM_EPARSE);
+    free(trailing);
+}
+
+/* A categorical split whose list is empty sends every value left (found by fuzz_xgb: the
+ * model then has no category storage at all). */
+static void test_xgb_empty_categories(void)
+{
+    char *json = mutate(reg_model, "\"categories\":[3,1]", "\"categories\":[]");
+    char *json2 = mutate(json, "\"categories_sizes\":[2]", "\"categories_sizes\":[0]");
+    struct loom_model *m;
+    struct loom_error e = { 0 };
+    CHECK_INT(load("xgboost", json2, NULL, &m, &e), LOOM_OK);
+    if (m) {
+        float out[NROWS], one;
+        loom_model_predict(m, &rows[0][0], NROWS, out);
+        for (int r = 0; r < NROWS; r++) {
+            float want = 0.5f;
+            want += tree_a(rows[r]);
+            want += 10.0f;
+            CHECK_BITS(out[r], want);
+            loom_model_predict(m, rows[r], 1, &one);
+            CHECK_BITS(one, want);
+        }
+        loom_model_free(m);
+    }
+    free(json);
+    free(json2);
 }
 
 static void test_limits(void)
@@ -1027,6 +1105,8 @@ int main(void)
     RUN(test_xgb_dart);
     RUN(test_xgb_errors);
     RUN(test_xgb_cycles);
+    RUN(test_xgb_layouts);
+    RUN(test_xgb_empty_categories);
     RUN(test_limits);
     RUN(test_load_file);
     RUN(test_linear);
