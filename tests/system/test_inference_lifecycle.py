@@ -115,6 +115,24 @@ def test_version_policies(inference_server, tmp_path):
     assert c.model_config("specific")["version_policy"] == {"specific": {"versions": [1, 3]}}
 
 
+def test_one_bad_version_among_good_ones(inference_server, tmp_path):
+    repo = tmp_path / "repo"
+    write_model(repo, "m", lin_config(version_policy={"all": {}}),
+                {1: lin(1), 2: "{\"loom_model\": \"linear\"}", 3: lin(3)})
+    c = inference_server(repo).client()
+    assert c.model_metadata("m")["versions"] == ["1", "3"]
+    assert served_version(c, "m") == "3"
+    assert answer(c, "m", "1") == ("1", 114.0)
+    with pytest.raises(InferenceServerError) as e:
+        answer(c, "m", "2")
+    assert e.value.status == 503 and e.value.header("Retry-After"), e.value
+    idx = index_of(c)
+    assert idx[("m", "2")]["state"] == "UNAVAILABLE" and "m/2/model.json" in idx[("m", "2")][
+        "reason"], idx
+    assert idx[("m", "1")]["state"] == idx[("m", "3")]["state"] == "READY"
+    assert not c.is_model_ready("m", 2) and c.is_model_ready("m")
+
+
 # ---- model control: none ----
 
 
@@ -181,6 +199,30 @@ def test_poll_picks_up_versions_configs_models_and_removals(inference_server, tm
     assert "m" not in {e["name"] for e in c.repository_index(ready=True)}
     assert not c.is_model_ready("m")
     assert served_version(c, "n") == "4"
+
+
+def test_poll_reloads_a_changed_file_and_retries_a_partial_copy(inference_server, tmp_path):
+    repo = tmp_path / "repo"
+    write_model(repo, "m", lin_config(), {1: lin(1)})
+    srv = inference_server(repo, *POLL)
+    c = srv.client()
+    # the file of a served version is replaced in place: the new weights are served
+    write_model(repo, "m", None, {1: linear_model([1.0, 2.0, 3.0], 50.0)})
+    wait_until(lambda: answer(c, "m") == ("1", 64.0), 5, what="the changed file")
+    # a version directory whose file is still being copied (not atomically): it fails, the
+    # old version serves, and once the copy completes the new version is served
+    vdir = repo / "m" / "2"
+    vdir.mkdir()
+    text = json.dumps(lin(2))
+    n_logs = len(srv.lines)
+    with open(vdir / "model.json", "w") as f:
+        f.write(text[: len(text) // 2])
+    assert srv.wait_log(lambda o: o.get("msg") == "model version failed to load",
+                        timeout=5 * SLOW, start=n_logs)
+    assert answer(c, "m") == ("1", 64.0)
+    with open(vdir / "model.json", "w") as f:
+        f.write(text)
+    wait_until(lambda: served_version(c, "m") == "2", 5, what="the completed copy")
 
 
 def _corrupt_new_version(inference_server, tmp_path):
@@ -314,12 +356,23 @@ def test_explicit_load_models_star(inference_server, tmp_path):
 # ---- bad model files ----
 
 
-def _tiny_xgb(xgb):
+BASES = {}  # small valid models the hostile ones are edited from (filled by bad_env)
+
+
+def _bases(xgb):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 4)).astype(np.float32)
-    bst = xgb.train({"max_depth": 2, "seed": 0, "nthread": 1},
-                    xgb.DMatrix(X, label=X[:, 0] + X[:, 1]), 2)
-    return json.loads(bst.save_raw("json").decode())
+    p = {"max_depth": 2, "seed": 0, "nthread": 1}
+    tiny = xgb.train(p, xgb.DMatrix(X, label=X[:, 0] + X[:, 1]), 2)
+    dart = xgb.train(dict(p, booster="dart", rate_drop=0.5), xgb.DMatrix(X, label=X[:, 0]), 3)
+    Xk = np.empty((300, 2), dtype=np.float32)
+    Xk[:, 0] = rng.integers(0, 5, 300)
+    Xk[:, 1] = rng.normal(size=300)
+    cat = xgb.train(dict(p, tree_method="hist", max_cat_to_onehot=1),
+                    xgb.DMatrix(Xk, label=(Xk[:, 0] % 2 == 0) * 1.0, feature_types=["c", "q"],
+                                enable_categorical=True), 2)
+    return {k: json.loads(b.save_raw("json").decode())
+            for k, b in (("tiny", tiny), ("dart", dart), ("cat", cat))}
 
 
 def _hostile(doc, edit):
@@ -329,11 +382,15 @@ def _hostile(doc, edit):
     return json.dumps(d)
 
 
-def _set(path_fn, value):
-    def edit(d, t):
-        obj, key = path_fn(d, t)
-        obj[key] = value
-    return edit
+def _categories(edit):
+    def build(d, c):
+        doc = json.loads(json.dumps(BASES["cat"]))
+        trees = [t for t in doc["learner"]["gradient_booster"]["model"]["trees"]
+                 if t["categories"]]
+        assert trees, "the categorical base model has no categorical split"
+        edit(trees[0])
+        return json.dumps(doc)
+    return build
 
 
 BAD_MODELS = {
@@ -378,6 +435,23 @@ BAD_MODELS = {
         d, lambda d, t: d["learner"]["objective"].__setitem__("name", "rank:ndcg_magic")),
         ["objective"]),
     "deep_nesting": (lambda d, c: "[" * 100000 + "]" * 100000, ["deep", "nest", "depth", "json"]),
+    "threshold_overflow": (lambda d, c: _hostile(
+        d, lambda d, t: t["split_conditions"].__setitem__(0, 1e39)),
+        ["split_conditions", "float"]),
+    "base_score_nan": (lambda d, c: _hostile(
+        d, lambda d, t: d["learner"]["learner_model_param"].__setitem__("base_score", "nan")),
+        ["base_score", "finite"]),
+    "category_out_of_range": (_categories(lambda t: t["categories"].__setitem__(-1, 4 << 30)),
+                              ["categories", "range"]),
+    "category_negative": (_categories(lambda t: t["categories"].__setitem__(-1, -5)),
+                          ["categories", "range"]),
+    "category_segment_out_of_range": (
+        _categories(lambda t: t["categories_segments"].__setitem__(0, 99999)),
+        ["categories_segments", "range"]),
+    "dart_weight_drop_short": (lambda d, c: json.dumps(dict(BASES["dart"], learner=dict(
+        BASES["dart"]["learner"], gradient_booster=dict(
+            BASES["dart"]["learner"]["gradient_booster"], weight_drop=[1.0])))),
+        ["weight_drop"]),
     "linear_nan_weight": (lambda d, c: '{"loom_model":"linear","version":1,"objective":'
                           '"reg:squarederror","num_features":2,"weights":[1,NaN],"bias":0}',
                           ["json", "finite", "nan"]),
@@ -393,7 +467,8 @@ BAD_MODELS = {
 @pytest.fixture(scope="module")
 def bad_env(module_servers, xgb, reference_models, tmp_path_factory):
     repo = tmp_path_factory.mktemp("bad")
-    tiny = _tiny_xgb(xgb)
+    BASES.update(_bases(xgb))
+    tiny = BASES["tiny"]
     with open(os.path.join(str(reference_models), "cancer", "1", "model.json"), "rb") as f:
         cancer = f.read()
     for name, (build, _) in BAD_MODELS.items():

@@ -7,7 +7,8 @@ test rows with NaN), iris multi:softprob (served raw [n, 3], and through Triton 
 output_class/predict_proba), multi:softmax ([n, 1] class index), diabetes
 (reg:squarederror), reg:logistic, binary:logitraw, dart (regression with a non-zero base score
 and binary), a categorical model, FIL's output_class (0/1) and predict_proba ([1-p, p]) views,
-a model with no config.json at all, and loom's linear format (regression, logistic, softprob,
+a model with no config.json at all, extreme but valid models (a 100,000-level tree, a
+category id of 2**24 - 1), and loom's linear format (regression, logistic, softprob,
 softmax; expected values computed in numpy float32). Every answer must be within 1e-6
 (absolute) of Booster.inplace_predict (what libxgboost's XGBoosterPredictFromDense returns);
 the number of bit-identical values is reported. A 1,000-row request (split across the work
@@ -147,6 +148,37 @@ def env(module_servers, reference_models, xgb, tmp_path_factory):
     # unseen, negative, fractional and huge categories
     tests["categorical"][:4, 0] = [-1.0, 3.5, 100.0, 1e30]
 
+    # extreme but valid: a 100,000-level deep tree, and a category id of 2**24 - 1
+    tiny = json.loads(train("tiny", Xk[:, 1:], Xk[:, 1], {"max_depth": 2}, 2,
+                            xgb_cfg).save_raw("json").decode())
+    t = tiny["learner"]["gradient_booster"]["model"]["trees"][0]
+    k = 100000
+    n = 2 * k + 1
+    left, right, parents = [-1] * n, [-1] * n, [2147483647] * n
+    for i in range(k):  # internal node 2i: left to a leaf, right to the next internal node
+        # (right == left + 1, as in every tree XGBoost writes: its predictor relies on it)
+        left[2 * i], right[2 * i] = 2 * i + 1, 2 * i + 2
+        parents[2 * i + 1] = parents[2 * i + 2] = 2 * i
+    t.update(left_children=left, right_children=right, parents=parents,
+             split_indices=[i % 3 for i in range(n)], default_left=[i % 2 for i in range(n)],
+             split_type=[0] * n, split_conditions=[float((i % 7) - 3) * 0.25 for i in range(n)],
+             base_weights=[0.0] * n, loss_changes=[0.0] * n, sum_hessian=[0.0] * n)
+    t["tree_param"]["num_nodes"] = str(n)
+    deep = json.dumps(tiny)
+    write_model(repo, "deep_tree", xgb_cfg, {1: deep})
+    cat = json.loads(boosters["categorical"].save_raw("json").decode())
+    for t in cat["learner"]["gradient_booster"]["model"]["trees"]:
+        if t["categories"]:
+            t["categories"][-1] = 16777215  # 2**24 - 1: the largest XGBoost matches
+    huge_cat = json.dumps(cat)
+    write_model(repo, "huge_category", xgb_cfg, {1: huge_cat})
+    for name, text in (("deep_tree", deep), ("huge_category", huge_cat)):
+        path = os.path.join(str(repo), name, "1", "model.json")
+        boosters[name] = xgb.Booster(model_file=path)
+    tests["deep_tree"] = with_nans(rng.normal(size=(100, 3)), 0.1, 5)
+    tests["huge_category"] = tests["categorical"].copy()
+    tests["huge_category"][4:9, 0] = [16777215.0, 16777216.0, 2e9, 16777215.5, 4.0]
+
     # train.py's reference models, as is and through FIL's output views
     for name in ("cancer", "iris", "diabetes"):
         copy_reference(reference_models, repo, name)
@@ -202,7 +234,8 @@ def test_breast_cancer_matches_train_py_expectations(env):
 
 @pytest.mark.parametrize("model,shape", [
     ("cancer", 1), ("diabetes", 1), ("softprob", 3), ("softmax", 1), ("reglogistic", 1),
-    ("logitraw", 1), ("dart_reg", 1), ("dart_binary", 1), ("categorical", 1)])
+    ("logitraw", 1), ("dart_reg", 1), ("dart_binary", 1), ("categorical", 1),
+    ("deep_tree", 1), ("huge_category", 1)])
 def test_predictions_match_xgboost(env, model, shape):
     bst, X = env["boosters"][model], env["tests"][model]
     res = predict(env["c"], model, X)
