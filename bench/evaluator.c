@@ -4,8 +4,9 @@
  * loom (loom_model_load_file) and into XGBoost (XGBoosterLoadModel), then both predict the same
  * rows and the times are compared. One row: the per-call time of loom_model_predict and of
  * XGBoosterPredictFromDense over many calls. 10,000 rows: both on every core, XGBoost with
- * nthread = nproc, loom with the rows split across nproc persistent threads (a barrier starts
- * and ends each run, so thread start-up is not timed, as OpenMP's pool is not). Each
+ * nthread = nproc, loom with nproc persistent threads taking blocks of 256 rows from a shared
+ * counter (so a thread the scheduler delays does not hold up the run; a barrier starts and ends
+ * each run, so thread start-up is not timed, as OpenMP's pool is not). Each
  * measurement is the best of several rounds, the two interleaved round by round. Every
  * prediction of both is compared: the exit status is 1 if any differs by more than 1e-6, and
  * the number of rows that are not bit-identical is printed too.
@@ -62,7 +63,6 @@ struct team;
 struct worker {
     struct team *team;
     pthread_t thread;
-    size_t index;
 };
 
 struct team {
@@ -70,19 +70,26 @@ struct team {
     const float *x;
     float *out;
     size_t n, nthreads;
+    size_t next; /* the next block of rows to take (atomic) */
     bool quit;
     pthread_barrier_t start, done;
     struct worker *workers;
 };
 
-static void team_slice(struct team *t, size_t i)
+enum { TEAM_BLOCK = 256 };
+
+/* Predict blocks of rows until none are left. */
+static void team_work(struct team *t)
 {
     const struct loom_model_info *info = loom_model_info(t->model);
-    size_t per = (t->n + t->nthreads - 1) / t->nthreads, lo = i * per;
-    size_t hi = LOOM_MIN(t->n, lo + per);
-    if (lo < hi)
+    for (;;) {
+        size_t lo = __atomic_fetch_add(&t->next, TEAM_BLOCK, __ATOMIC_RELAXED);
+        if (lo >= t->n)
+            return;
+        size_t hi = LOOM_MIN(t->n, lo + TEAM_BLOCK);
         loom_model_predict(t->model, t->x + lo * info->num_features, hi - lo,
                            t->out + lo * info->num_outputs);
+    }
 }
 
 static void *worker_main(void *arg)
@@ -92,7 +99,7 @@ static void *worker_main(void *arg)
         pthread_barrier_wait(&w->team->start);
         if (w->team->quit)
             return NULL;
-        team_slice(w->team, w->index);
+        team_work(w->team);
         pthread_barrier_wait(&w->team->done);
     }
 }
@@ -106,19 +113,20 @@ static void team_init(struct team *t, const struct loom_model *model, size_t nth
     pthread_barrier_init(&t->done, NULL, (unsigned)nthreads);
     t->workers = loom_calloc(nthreads, sizeof(*t->workers));
     for (size_t i = 1; i < nthreads; i++) {
-        t->workers[i] = (struct worker){ .team = t, .index = i };
+        t->workers[i] = (struct worker){ .team = t };
         pthread_create(&t->workers[i].thread, NULL, worker_main, &t->workers[i]);
     }
 }
 
-/* Predict n rows on all threads; the calling thread takes slice 0. */
+/* Predict n rows on all threads, the calling thread one of them. */
 static void team_run(struct team *t, const float *x, size_t n, float *out)
 {
     t->x = x;
     t->n = n;
     t->out = out;
+    t->next = 0;
     pthread_barrier_wait(&t->start);
-    team_slice(t, 0);
+    team_work(t);
     pthread_barrier_wait(&t->done);
 }
 
