@@ -4,9 +4,11 @@
 
 #include "echo/echo.h"
 #include "inference/inference.h"
+#include "registry/registry.h"
 
 const struct loom_service *const loom_services[] = {
     &inference_service,
+    &registry_service,
     &echo_service,
 };
 
