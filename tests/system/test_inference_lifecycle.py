@@ -31,6 +31,7 @@ import pytest
 import requests
 
 from inference_fixtures import *  # noqa: F401,F403
+from conftest import run_loom
 from inference_fixtures import (SANITIZED, SLOW, copy_reference, linear_model, promtool_check,
                                 wait_until, write_config, write_model)
 from kserve_client import InferenceServerClient, InferenceServerError
@@ -166,6 +167,8 @@ def test_poll_picks_up_versions_configs_models_and_removals(inference_server, tm
     srv = inference_server(repo, *POLL)
     c = srv.client()
     assert served_version(c, "m") == "1"
+    r = c.request("POST", "/v2/repository/models/m/unload")
+    assert r.status_code == 400 and "explicit" in r.json()["error"], r.text  # poll owns it
 
     t0 = time.monotonic()
     write_model(repo, "m", None, {2: lin(2)})
@@ -958,3 +961,40 @@ def test_ready_only_after_the_repository_loaded(inference_server, reference_mode
     assert all(c.is_model_ready(n) for n in names)
     FIGURES.append(f"readiness: 24 models loaded before /v2/health/ready said 200 "
                    f"(a 503 was {'seen' if seen_503 else 'not seen'} first)")
+
+
+# ---- start and stop ----
+
+
+def test_a_missing_repository_fails_startup_clearly(tmp_path):
+    r = run_loom("serve", "inference", f"--inference.model-repository={tmp_path}/nowhere",
+                 "--inference.listen=127.0.0.1:0", f"--data-dir={tmp_path}/data", timeout=30)
+    assert r.returncode != 0
+    lines = [json.loads(line) for line in r.stderr.splitlines() if line.strip()]
+    assert any("nowhere" in o.get("msg", "") and o.get("level") == "error" for o in lines), \
+        r.stderr
+
+
+def test_sigterm_answers_queued_requests_then_exits_0(inference_server, tmp_path):
+    repo = tmp_path / "repo"
+    write_model(repo, "q", lin_config(max_batch_size=64, dynamic_batching={
+        "max_queue_delay_microseconds": 1000000}), {1: lin(0)})
+    srv = inference_server(repo)
+    got = {}
+
+    def waiting():
+        with InferenceServerClient(srv.base) as c1:
+            try:
+                got["answer"] = answer(c1, "q")
+            except Exception as e:  # noqa: BLE001 - reported below
+                got["answer"] = e
+
+    t = threading.Thread(target=waiting)
+    t.start()
+    wait_until(lambda: srv.metric('loom_inference_queue_depth{model="q",version="1"}') == 1, 5,
+               what="one request queued")
+    srv.close_clients()
+    took = srv.stop()  # SIGTERM; exit code 0 and JSON logs are checked
+    t.join(30)
+    assert got["answer"] == ("1", 14.0), got
+    assert took < 10 * SLOW
