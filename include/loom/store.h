@@ -128,8 +128,10 @@ typedef loom_err (*loom_tx_fn)(struct loom_db *db, void *arg, struct loom_error 
 
 /*
  * Run fn in a transaction on a borrowed connection: commit if it returns LOOM_OK, roll back
- * otherwise. A LOOM_EBUSY from fn or the commit rolls back and runs fn again (up to 10 times,
- * with a short jittered backoff), so fn must only touch the database and its own arg.
+ * otherwise. A LOOM_EBUSY from begin, fn or the commit rolls back and runs fn again (up to 10
+ * times, with a short jittered backoff), so fn must only touch the database and its own arg,
+ * and must not borrow another connection. Other errors, LOOM_ECONNECT included, are returned
+ * at once (the work may or may not have been committed when a commit loses its connection).
  */
 loom_err loom_store_tx(struct loom_store *s, loom_tx_fn fn, void *arg, struct loom_error *err);
 

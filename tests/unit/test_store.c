@@ -10,12 +10,15 @@
 
 #include <loom/store.h>
 
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <float.h>
 #include <glob.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,6 +27,7 @@ static struct {
     const char *name;
     char url[512];
     bool pg;
+    int port; /* postgres */
 } cur;
 
 static struct loom_store *open_store(size_t pool, uint64_t busy_ns)
@@ -783,9 +787,323 @@ static void test_bad_urls(void)
     CHECK(s == NULL);
 }
 
+/* ---- PostgreSQL only ---- */
+
+static const char pg_password[] = "loom-Test-pw"; /* the server's password for user loom */
+
+/* A URL for the test's server: "user:password@" (or ""), then "/dbname?query". */
+static void pg_url(char *out, size_t n, const char *userinfo, const char *path)
+{
+    snprintf(out, n, "postgres://%s127.0.0.1:%d%s", userinfo, cur.port, path);
+}
+
+static void test_pg_types(void)
+{
+    struct loom_store *s = open_store(1, 0);
+    struct rows r = { 0 };
+    EXEC_OK(s,
+            "SELECT true AS t, false AS f, CAST(7 AS int4) AS i4, CAST(-3 AS smallint) AS i2, "
+            "CAST(2.5 AS numeric) AS num, sum(x) AS total, CAST(0.5 AS real) AS f4, "
+            "CAST('v' AS varchar(3)) AS vc FROM (VALUES (CAST(1 AS BIGINT)), (2)) AS v (x)",
+            NULL, 0, collect, &r, NULL);
+    CHECK_UINT(r.n, 1);
+    const struct loom_sql_value want[] = {
+        LOOM_SQL_INT_V(1),    LOOM_SQL_INT_V(0),    LOOM_SQL_INT_V(7),    LOOM_SQL_INT_V(-3),
+        LOOM_SQL_REAL_V(2.5), LOOM_SQL_REAL_V(3.0), LOOM_SQL_REAL_V(0.5), LOOM_SQL_CSTR_V("v"),
+    };
+    for (size_t c = 0; c < LOOM_ARRAY_SIZE(want); c++)
+        CHECK_VALUE(r.v[0][c], want[c]);
+
+    /* Non-finite doubles travel both ways. */
+    const double odd[] = { INFINITY, -INFINITY, NAN };
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(odd); i++) {
+        struct loom_sql_value p = LOOM_SQL_REAL_V(odd[i]);
+        memset(&r, 0, sizeof(r));
+        EXEC_OK(s, "SELECT $1 AS v", &p, 1, collect, &r, NULL);
+        CHECK_INT(r.v[0][0].type, LOOM_SQL_REAL);
+        CHECK(isnan(odd[i]) ? isnan(r.v[0][0].r) : r.v[0][0].r == odd[i]);
+    }
+    struct loom_error e = { 0 };
+    struct loom_sql_value nul = LOOM_SQL_TEXT_V(loom_str_make("a\0b", 3));
+    CHECK_INT(exec(s, "SELECT $1", &nul, 1, NULL, NULL, NULL, &e), LOOM_EINVAL);
+    CHECK_CONTAINS(e.msg, "NUL");
+    /* After an error, COMMIT rolls back: reported, not silent. */
+    struct loom_db *db;
+    CHECK_INT(loom_store_acquire(s, &db, &e), LOOM_OK);
+    CHECK_INT(loom_db_begin(db, &e), LOOM_OK);
+    CHECK_INT(loom_db_exec(db, "SELECT 1/0", NULL, 0, NULL, NULL, NULL, &e), LOOM_EINVAL);
+    CHECK_CONTAINS(e.msg, "22012");
+    CHECK_INT(loom_db_commit(db, &e), LOOM_EINVAL);
+    CHECK_CONTAINS(e.msg, "rolled back");
+    loom_store_release(s, db);
+    loom_store_close(s);
+}
+
+static loom_err backend_pid(const struct loom_sql_row *row, void *arg)
+{
+    *(int64_t *)arg = row->cols[0].i;
+    return LOOM_OK;
+}
+
+/* Terminate a connection's server process and wait until it is gone. */
+static void terminate(struct loom_store *admin, int64_t pid)
+{
+    struct loom_sql_value p = LOOM_SQL_INT_V(pid);
+    EXEC_OK(admin, "SELECT pg_terminate_backend(CAST($1 AS int4))", &p, 1, NULL, NULL, NULL);
+    for (int i = 0; i < 500; i++) {
+        struct rows r = { 0 };
+        EXEC_OK(admin, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &p, 1, collect, &r,
+                NULL);
+        if (r.n == 1 && r.v[0][0].i == 0)
+            return;
+        usleep(10000);
+    }
+    CHECK_FAIL_("backend %lld did not go away", (long long)pid);
+}
+
+struct suicide {
+    struct loom_store *admin;
+    int calls;
+};
+
+static loom_err suicide_tx(struct loom_db *db, void *arg, struct loom_error *err)
+{
+    struct suicide *k = arg;
+    int64_t pid = 0;
+    k->calls++;
+    loom_err rc =
+        loom_db_exec(db, "SELECT pg_backend_pid()", NULL, 0, backend_pid, &pid, NULL, err);
+    if (rc != LOOM_OK)
+        return rc;
+    terminate(k->admin, pid);
+    return loom_db_exec(db, "SELECT 1", NULL, 0, NULL, NULL, NULL, err);
+}
+
+static void test_pg_terminated(void)
+{
+    struct loom_store *s = open_store(1, 0);
+    struct loom_store *admin = open_store(1, 0);
+    struct loom_error e = { 0 };
+    struct loom_db *db;
+    int64_t pid1 = 0, pid2 = 0, pid3 = 0;
+
+    /* Killed while idle in the pool: the next acquire notices and reconnects. */
+    EXEC_OK(s, "SELECT pg_backend_pid()", NULL, 0, backend_pid, &pid1, NULL);
+    terminate(admin, pid1);
+    EXEC_OK(s, "SELECT pg_backend_pid()", NULL, 0, backend_pid, &pid2, NULL);
+    CHECK(pid2 != 0 && pid2 != pid1);
+
+    /* Killed while borrowed: the statement fails with ECONNECT, the next acquire reconnects. */
+    CHECK_INT(loom_store_acquire(s, &db, &e), LOOM_OK);
+    terminate(admin, pid2);
+    CHECK_INT(loom_db_exec(db, "SELECT 1", NULL, 0, NULL, NULL, NULL, &e), LOOM_ECONNECT);
+    loom_store_release(s, db);
+    EXEC_OK(s, "SELECT pg_backend_pid()", NULL, 0, backend_pid, &pid3, NULL);
+    CHECK(pid3 != 0 && pid3 != pid2);
+
+    /* Killed inside loom_store_tx: ECONNECT, not retried. */
+    struct suicide k = { admin, 0 };
+    CHECK_INT(loom_store_tx(s, suicide_tx, &k, &e), LOOM_ECONNECT);
+    CHECK_INT(k.calls, 1);
+    EXEC_OK(s, "SELECT 1", NULL, 0, NULL, NULL, NULL);
+    loom_store_close(admin);
+    loom_store_close(s);
+}
+
+static void test_pg_messages(void)
+{
+    struct loom_store *s = NULL;
+    struct loom_error e = { 0 };
+    char url[600];
+    /* The server refuses a wrong password; the message says so without repeating it. */
+    pg_url(url, sizeof(url), "loom:Wrong-pw-1234@", "/postgres");
+    CHECK_INT(loom_store_open(url, NULL, &s, &e), LOOM_ECONNECT);
+    CHECK_CONTAINS(e.msg, "password authentication failed");
+    CHECK(strstr(e.msg, "Wrong-pw-1234") == NULL);
+    /* The right one, given as a query parameter and percent-encoded, works. */
+    pg_url(url, sizeof(url), "loom@", "/postgres?password=loom%2DTest-pw&sslmode=disable");
+    CHECK_INT(loom_store_open(url, NULL, &s, &e), LOOM_OK);
+    if (s)
+        CHECK_INT(count_rows(s, "SELECT 1"), 1);
+    loom_store_close(s);
+    s = NULL;
+    /* No such database. */
+    pg_url(url, sizeof(url), "loom:loom-Test-pw@", "/no_such_db");
+    CHECK_INT(loom_store_open(url, NULL, &s, &e), LOOM_ECONNECT);
+    CHECK_CONTAINS(e.msg, "no_such_db");
+    CHECK(strstr(e.msg, pg_password) == NULL);
+}
+
+/* What libpq reports without a server: bad URLs and nobody listening. */
+static void test_pg_urls(int closed_port)
+{
+    check_current = "test_pg_urls";
+    struct loom_store *s = NULL;
+    struct loom_error e = { 0 };
+    char url[256];
+    snprintf(url, sizeof(url), "postgres://loom:s3cret-Pw@127.0.0.1:%d/db", closed_port);
+    CHECK_INT(loom_store_open(url, NULL, &s, &e), LOOM_ECONNECT);
+    CHECK_CONTAINS(e.msg, "127.0.0.1");
+    CHECK(strstr(e.msg, "s3cret-Pw") == NULL);
+    snprintf(url, sizeof(url), "postgresql://127.0.0.1:%d/db?password=s3cret-Pw", closed_port);
+    CHECK_INT(loom_store_open(url, NULL, &s, &e), LOOM_ECONNECT);
+    CHECK(strstr(e.msg, "s3cret-Pw") == NULL);
+    CHECK_INT(loom_store_open("postgres://loom:s3cret-Pw@h/db?bogus=s3cret-Pw", NULL, &s, &e),
+              LOOM_EINVAL);
+    CHECK_CONTAINS(e.msg, "bogus");
+    CHECK(strstr(e.msg, "s3cret-Pw") == NULL);
+    CHECK_INT(loom_store_open("postgres://loom:s3cr%65t-Pw@[::1/db", NULL, &s, &e), LOOM_EINVAL);
+    CHECK(strstr(e.msg, "s3cret-Pw") == NULL && strstr(e.msg, "s3cr%65t-Pw") == NULL);
+    CHECK(s == NULL);
+    fprintf(stderr, "%s test_pg_urls\n", check_failures ? "FAIL" : "ok  ");
+}
+
+/* ---- the test's own PostgreSQL server ---- */
+
+struct pg_server {
+    char dir[128];  /* temp directory: data/, the socket, the logs */
+    char bin[128];  /* PostgreSQL's bin directory */
+    const char *as; /* "runuser -u postgres -- " when we are root */
+    int port;
+    int guard_fd; /* closing it (or dying) tells the guardian to stop the server */
+    pid_t guard_pid;
+};
+
+static int shell(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int shell(const char *fmt, ...)
+{
+    char cmd[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* A port nobody listens on, now. */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof(a);
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+static bool find_pg_bin(char *out, size_t n)
+{
+    const char *env = getenv("LOOM_PG_BIN");
+    glob_t g = { 0 };
+    bool found = false;
+    if (env) {
+        snprintf(out, n, "%s", env);
+    } else if (glob("/usr/lib/postgresql/*/bin", 0, NULL, &g) == 0 && g.gl_pathc > 0) {
+        snprintf(out, n, "%s", g.gl_pathv[g.gl_pathc - 1]);
+    } else {
+        out[0] = '\0';
+    }
+    globfree(&g);
+    char path[256];
+    snprintf(path, sizeof(path), "%s/pg_ctl", out);
+    found = out[0] && access(path, X_OK) == 0;
+    return found;
+}
+
+/* A process that waits for EOF on a pipe only we hold, then stops the server and removes
+ * the directory: it runs when we exit, crash or get killed. */
+static bool start_guardian(struct pg_server *pg)
+{
+    char script[768];
+    snprintf(script, sizeof(script),
+             "trap '' INT TERM HUP; read -r _; "
+             "[ -f %s/data/postmaster.pid ] && %s%s/pg_ctl -D %s/data -m immediate -w stop "
+             ">/dev/null 2>&1; rm -rf %s",
+             pg->dir, pg->as, pg->bin, pg->dir, pg->dir);
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        return false;
+    pid_t pid = fork();
+    if (pid < 0)
+        return false;
+    if (pid == 0) {
+        dup2(fds[0], 0);
+        execl("/bin/sh", "sh", "-c", script, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[0]);
+    pg->guard_fd = fds[1];
+    pg->guard_pid = pid;
+    return true;
+}
+
+static void stop_guardian(struct pg_server *pg)
+{
+    close(pg->guard_fd);
+    waitpid(pg->guard_pid, NULL, 0);
+}
+
+static bool pg_start(struct pg_server *pg)
+{
+    if (!find_pg_bin(pg->bin, sizeof(pg->bin))) {
+        fprintf(stderr, "== postgres: skipped: no PostgreSQL server binaries "
+                        "(apt-get install postgresql, or set LOOM_PG_BIN)\n");
+        return false;
+    }
+    struct passwd *pw = NULL;
+    pg->as = "";
+    if (geteuid() == 0) {
+        pw = getpwnam("postgres");
+        if (!pw) {
+            fprintf(stderr, "== postgres: skipped: running as root and no postgres user\n");
+            return false;
+        }
+        pg->as = "runuser -u postgres -- ";
+    }
+    snprintf(pg->dir, sizeof(pg->dir), "/tmp/loom-pg-XXXXXX");
+    if (!mkdtemp(pg->dir) || (pw && chown(pg->dir, pw->pw_uid, pw->pw_gid) != 0) ||
+        !start_guardian(pg)) {
+        perror("postgres: temp directory");
+        return false;
+    }
+    char pwfile[160];
+    snprintf(pwfile, sizeof(pwfile), "%s/pw", pg->dir);
+    FILE *f = fopen(pwfile, "w");
+    if (!f || fprintf(f, "%s\n", pg_password) < 0 || fclose(f) != 0 ||
+        (pw && chown(pwfile, pw->pw_uid, pw->pw_gid) != 0)) {
+        perror(pwfile);
+        return false;
+    }
+    uint64_t t0 = loom_now_ns();
+    if (shell("%s%s/initdb -D %s/data -U loom --pwfile=%s --auth-local=trust "
+              "--auth-host=scram-sha-256 -E UTF8 --no-locale --no-sync >%s/initdb.log 2>&1",
+              pg->as, pg->bin, pg->dir, pwfile, pg->dir) != 0) {
+        fprintf(stderr, "postgres: initdb failed, see %s/initdb.log\n", pg->dir);
+        return false;
+    }
+    pg->port = free_port();
+    if (shell("%s%s/pg_ctl -D %s/data -l %s/server.log -w -t 30 -o '-c listen_addresses=127.0.0.1 "
+              "-c port=%d -c unix_socket_directories=%s -c fsync=off -c synchronous_commit=off "
+              "-c full_page_writes=off -c max_connections=50' start >/dev/null 2>&1",
+              pg->as, pg->bin, pg->dir, pg->dir, pg->port, pg->dir) != 0) {
+        fprintf(stderr, "postgres: pg_ctl start failed, see %s/server.log\n", pg->dir);
+        return false;
+    }
+    fprintf(stderr, "== postgres: %s, port %d, up in %.1f s\n", pg->bin, pg->port,
+            (double)(loom_now_ns() - t0) / 1e9);
+    return true;
+}
+
 int main(void)
 {
+    uint64_t t0 = loom_now_ns();
     RUN(test_bad_urls);
+    test_pg_urls(free_port());
 
     char dir[] = "/tmp/loom-store-XXXXXX";
     if (!mkdtemp(dir)) {
@@ -801,5 +1119,22 @@ int main(void)
     snprintf(rm, sizeof(rm), "rm -rf %s", dir);
     if (system(rm) != 0)
         fprintf(stderr, "could not remove %s\n", dir);
+    fprintf(stderr, "== sqlite done in %.1f s\n", (double)(loom_now_ns() - t0) / 1e9);
+
+    struct pg_server pg = { .guard_fd = -1 };
+    t0 = loom_now_ns();
+    if (pg_start(&pg)) {
+        cur.name = "postgres";
+        cur.pg = true;
+        cur.port = pg.port;
+        pg_url(cur.url, sizeof(cur.url), "loom:loom-Test-pw@", "/postgres");
+        run_suite();
+        RUN(test_pg_types);
+        RUN(test_pg_terminated);
+        RUN(test_pg_messages);
+    }
+    if (pg.guard_fd >= 0)
+        stop_guardian(&pg);
+    fprintf(stderr, "== postgres done in %.1f s\n", (double)(loom_now_ns() - t0) / 1e9);
     return check_report();
 }
