@@ -101,19 +101,31 @@ static void find_pg_secrets(struct loom_store *s, const char *url)
     }
 }
 
-/* Replace every spelling of the password in the message with "***". */
+/* Replace every spelling of the password in the message with "***", and cut the start of one
+ * that a truncated message ends with. */
 static void scrub_secrets(const struct loom_store *s, struct loom_error *err)
 {
     if (!err)
         return;
     for (size_t i = 0; i < s->nsecrets; i++) {
-        size_t n = strlen(s->secrets[i]);
-        char *at;
-        while ((at = strstr(err->msg, s->secrets[i])) != NULL) {
+        const char *secret = s->secrets[i];
+        size_t n = strlen(secret);
+        char *from = err->msg, *at;
+        while ((at = strstr(from, secret)) != NULL) {
             char rest[LOOM_ERROR_MSG_MAX];
             snprintf(rest, sizeof(rest), "%s", at + n);
             size_t room = sizeof(err->msg) - (size_t)(at - err->msg);
             snprintf(at, room, "***%s", rest);
+            from = at + LOOM_MIN((size_t)3, room - 1); /* the password may contain "*" */
+        }
+        size_t len = strlen(err->msg);
+        if (len < sizeof(err->msg) - 1)
+            continue; /* not truncated */
+        for (size_t k = LOOM_MIN(n - 1, len); k > 0; k--) {
+            if (memcmp(err->msg + len - k, secret, k) == 0) {
+                err->msg[len - k] = '\0';
+                break;
+            }
         }
     }
 }
