@@ -35,7 +35,7 @@ static const struct loom_model_limits limits = {
     .max_groups = 16,
 };
 
-enum { ROWS = 11 }; /* more than one lane group of the batch kernel, and a remainder */
+enum { ROWS = 19 }; /* one lane group of the batch kernel (16 rows) and a remainder */
 
 static void exercise(const struct loom_model *m, const uint8_t *data, size_t size)
 {

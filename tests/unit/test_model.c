@@ -161,6 +161,14 @@ static void test_xgb_known_answers(void)
         for (size_t r = 0; r < n; r++)
             CHECK_BITS(part[r], reg_expected[NROWS - n + r]);
     }
+    /* A batch long enough for the block kernel (lanes of 16 rows and a remainder). */
+    enum { BIG = 5 * NROWS };
+    float big[BIG][3], bigout[BIG];
+    for (int r = 0; r < BIG; r++)
+        memcpy(big[r], rows[r % NROWS], sizeof(big[r]));
+    loom_model_predict(m, &big[0][0], BIG, bigout);
+    for (int r = 0; r < BIG; r++)
+        CHECK_BITS(bigout[r], reg_expected[r % NROWS]);
     loom_model_predict(m, &rows[0][0], 0, out); /* nothing to do */
     loom_model_free(m);
     loom_model_free(NULL);
