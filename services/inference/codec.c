@@ -243,12 +243,12 @@ static int decode_outputs(const struct inf_version *v, const struct loom_json_do
 {
     const struct inf_tensor_spec *spec = &v->config->output;
     r->out.binary = binary_default;
+    if (arr >= 0 && !loom_json_is_array(doc, arr))
+        return BAD("'outputs' must be an array");
     if (arr < 0 || loom_json_size(doc, arr) == 0) {
         r->want_output = true; /* no selection: every output */
         return 0;
     }
-    if (!loom_json_is_array(doc, arr))
-        return BAD("'outputs' must be an array");
     loom_json_foreach (doc, arr, i) {
         if (!loom_json_is_object(doc, i))
             return BAD("each element of 'outputs' must be an object");
@@ -366,7 +366,10 @@ int inf_decode(const struct inf_version *v, struct loom_http_req *http, struct i
     struct loom_error jerr = { 0 };
     loom_err e = loom_json_parse(json.ptr, json.len, &limits, http->arena, &doc, &jerr);
     if (e)
-        return BAD("malformed JSON: %s", jerr.msg);
+        return BAD("malformed JSON: %s%s", jerr.msg,
+                   hlen.len ? ""
+                            : " (if binary tensors follow the JSON, send the "
+                              "Inference-Header-Content-Length header)");
     if (!loom_json_is_object(&doc, 0))
         return BAD("the request must be a JSON object");
     int inputs = -1, outputs = -1;
@@ -469,8 +472,10 @@ static void write_values_json(struct loom_json_writer *w, enum loom_dtype dt, co
     for (uint64_t i = 0; i < n; i++) {
         switch (dt) {
         case LOOM_DT_FP32:
-        case LOOM_DT_FP16:
             loom_json_write_float(w, y[i]);
+            break;
+        case LOOM_DT_FP16: /* the value a half holds, as the binary form would carry it */
+            loom_json_write_float(w, loom_f16_to_f32(loom_f32_to_f16(y[i])));
             break;
         case LOOM_DT_FP64:
             loom_json_write_double(w, (double)y[i]);

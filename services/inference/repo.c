@@ -474,6 +474,13 @@ static loom_err check_fits(const struct inf_config *c, const struct loom_model_i
     return LOOM_OK;
 }
 
+static int cmp_ctl_version(const void *a, const void *b)
+{
+    int64_t x = ((const struct ctl_version *)a)->version,
+            y = ((const struct ctl_version *)b)->version;
+    return (x > y) - (x < y);
+}
+
 /* Load one version's file: a new inf_version, or NULL with *err. Under ctl_mu. */
 static struct inf_version *load_version(struct inf_service *inf, struct ctl_model *m,
                                         struct inf_config *cfg, bool *completed, int64_t version,
@@ -562,6 +569,8 @@ static loom_err sync_model(struct inf_service *inf, const char *name, const char
         free(cpath);
         if (!text && err && err->code) {
             set_reason(&m->reason, "%s", err->msg);
+            if (!model_ready(m))
+                m->state = INF_UNAVAILABLE;
             result = err->code;
             goto out;
         }
@@ -574,6 +583,10 @@ static loom_err sync_model(struct inf_service *inf, const char *name, const char
         struct inf_config *probe = inf_config_parse(name, text, len, err);
         if (!probe) {
             set_reason(&m->reason, "%s", err->msg);
+            if (!model_ready(m))
+                m->state = INF_UNAVAILABLE;
+            LOOM_LOG_KV(LOOM_LOG_WARN, "model configuration refused", LOOM_KV_CSTR("model", name),
+                        LOOM_KV_CSTR("reason", err->msg));
             result = LOOM_EINVAL;
             goto out;
         }
@@ -625,9 +638,20 @@ static loom_err sync_model(struct inf_service *inf, const char *name, const char
     }
     free(avail);
     if (nready == 0 && nwant > 0 && model_ready(m)) {
-        /* Versions exist but none loads: keep serving what was there, and say why. */
-        for (size_t i = 0; i < nwant; i++)
-            ctl_version_clear(&next[i]);
+        /* Versions exist but none loads: keep serving what was there, and say why: the failed
+         * versions are listed (UNAVAILABLE, with their reason) beside the ones still serving. */
+        for (size_t i = 0; i < nwant; i++) {
+            bool known = false;
+            for (size_t j = 0; j < m->nversions && !known; j++)
+                known = m->versions[j].version == next[i].version;
+            if (known) {
+                ctl_version_clear(&next[i]);
+                continue;
+            }
+            m->versions = loom_realloc(m->versions, (m->nversions + 1) * sizeof(*m->versions));
+            m->versions[m->nversions++] = next[i];
+        }
+        qsort(m->versions, m->nversions, sizeof(*m->versions), cmp_ctl_version);
         free(next);
         inf_config_unref(cfg);
         set_reason(&m->reason, "reload failed, still serving the previous versions: %s", first_err);

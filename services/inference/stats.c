@@ -127,7 +127,8 @@ void inf_stats_json(const struct inf_version *v, const struct inf_stats *cs, con
     write_counter(out, "cache_miss", &zero, true);
     loom_buf_append_cstr(out, "},\"batch_stats\":[");
     pthread_mutex_lock(&s->batch_mu);
-    qsort(s->batches, s->nbatches, sizeof(*s->batches), cmp_batch);
+    if (s->nbatches)
+        qsort(s->batches, s->nbatches, sizeof(*s->batches), cmp_batch);
     for (size_t i = 0; i < s->nbatches; i++) {
         const struct inf_batch_stat *b = &s->batches[i];
         loom_buf_printf(out, "%s{\"batch_size\":%lld", i ? "," : "", (long long)b->size);

@@ -251,11 +251,6 @@ def test_poll_corrupt_new_version_keeps_the_old_serving(inference_server, tmp_pa
     wait_until(lambda: served_version(c, "m") == "3", 5, what="version 3")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when a new version fails to load and the previous "
-                   "one keeps serving (latest policy), /v2/repository/index shows only the old "
-                   "version READY with reason \"\": the failure is only in the log "
-                   "(repo.c keeps it in ctl_model.reason, which the index prints only for "
-                   "models without versions)")
 def test_poll_corrupt_new_version_reason_in_index(inference_server, tmp_path):
     srv, c = _corrupt_new_version(inference_server, tmp_path)
     assert served_version(c, "m") == "1"
@@ -506,20 +501,8 @@ CONFIG_PROBLEMS = {
     "cfg_unknown_field": ["sequence_batching"], "no_file": ["1/", "no such file"],
     "no_version": ["version"],
 }
-CONFIG_BUG = pytest.mark.xfail(
-    strict=True, reason="BUG: a model whose config.json does not parse or validate is silently "
-    "skipped at load: /v2/repository/index lists it as {\"name\": ...} with no state and no "
-    "reason, nothing is logged, and infer answers 404 unknown model (repo.c sync_model stores "
-    "the error in ctl_model.reason but publish() drops models without versions in state "
-    "UNKNOWN)")
-
-
 def _bad_params():
-    out = []
-    for name in list(BAD_MODELS) + list(CONFIG_PROBLEMS):
-        bug = name in ("cfg_bad_json", "cfg_name_mismatch", "cfg_backend", "cfg_unknown_field")
-        out.append(pytest.param(name, marks=CONFIG_BUG) if bug else name)
-    return out
+    return list(BAD_MODELS) + list(CONFIG_PROBLEMS)
 
 
 @pytest.mark.parametrize("name", _bad_params())
@@ -893,10 +876,6 @@ def test_statistics_and_metrics(inference_server, tmp_path):
     assert ok, f"promtool check metrics:\n{out}"
 
 
-@pytest.mark.xfail(SANITIZED, strict=True, reason="BUG: GET .../stats of a model version "
-                   "that never executed calls qsort(NULL, 0, ...) (stats.c inf_stats_json): "
-                   "undefined behaviour; UBSan reports it and, with halt_on_error=1 (the asan "
-                   "preset), the server dies")
 def test_statistics_of_a_version_that_never_ran(tmp_path):
     """Statistics before any inference: zero counts and no batch_stats. The server is managed
     here (not by the fixture) so that a sanitizer report fails this test only."""

@@ -487,9 +487,6 @@ def test_binary_data_without_header_names_the_header(env):
     still_serving(c)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a non-array 'outputs' (a number or a string) is "
-                   "silently ignored instead of 400 \"'outputs' must be an array\" "
-                   "(codec.c decode_outputs checks the size before the type)")
 @pytest.mark.parametrize("outputs", [5, "output__0"], ids=["number", "string"])
 def test_outputs_must_be_an_array(env, outputs):
     c = env["c"]
