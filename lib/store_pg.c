@@ -419,15 +419,13 @@ static loom_err pg_commit(struct loom_db *db, struct loom_error *err)
 static bool pg_is_broken(struct loom_db *db)
 {
     PGconn *conn = conn_of(db);
-    /* An idle server has nothing to say unless it is going away: a terminated backend sends
-     * a FATAL error and closes. Read whatever arrived so that libpq notices the close now,
-     * rather than at the next statement, which would fail. */
+    if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE)
+        return true;
+    /* An idle server has nothing to say (we never LISTEN) unless it is going away: a
+     * terminated backend sends a FATAL error, then closes. Anything readable, the error or
+     * the close, condemns the connection; the rare harmless message costs a reconnect. */
     struct pollfd p = { .fd = PQsocket(conn), .events = POLLIN };
-    for (int i = 0; i < 4 && PQstatus(conn) == CONNECTION_OK && poll(&p, 1, 0) > 0; i++) {
-        if (!PQconsumeInput(conn))
-            break;
-    }
-    return PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE;
+    return poll(&p, 1, 0) != 0;
 }
 
 const struct loom__store_type loom__store_pg = {
