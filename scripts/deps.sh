@@ -30,7 +30,10 @@ export DEBIAN_FRONTEND=noninteractive
 stamp=/tmp/.loom-apt-updated
 [ -f "$stamp" ] || { $sudo apt-get update -qq && touch "$stamp"; }
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Debian starts nginx after installing it where an init system runs; the benchmarks start their own.
-if command -v service >/dev/null && [ -x /etc/init.d/nginx ]; then
-    $sudo service nginx stop >/dev/null 2>&1 || true
-fi
+# Debian starts nginx, PostgreSQL and nats-server after installing them where an init system runs;
+# the tests and benchmarks start their own, on free ports, so stop the system ones.
+for svc in nginx postgresql nats-server; do
+    if command -v service >/dev/null && [ -x /etc/init.d/$svc ]; then
+        $sudo service $svc stop >/dev/null 2>&1 || true
+    fi
+done
