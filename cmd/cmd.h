@@ -21,5 +21,6 @@ extern const struct loom_service *const loom_services[];
 extern const size_t loom_nservices;
 
 int cmd_serve(int argc, char **argv);
+int cmd_models(int argc, char **argv);
 
 #endif
