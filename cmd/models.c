@@ -24,9 +24,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Declared here until cmd.h lists it with the other commands. */
-int cmd_models(int argc, char **argv);
-
 #define DEFAULT_REGISTRY "http://127.0.0.1:8082"
 #define MAX_FILE         ((size_t)1 << 30)
 #define TIMEOUT_NS       (120 * LOOM_NS_PER_SEC)

@@ -1172,8 +1172,9 @@ static bool valid_metadata(struct loom_http_req *req, const struct loom_json_doc
             return false;
         }
         loom_json_foreach (doc, i, k) {
-            if (!loom_json_is_number(doc, k + 1)) {
-                reg_problem(req, 400, "metric \"%.*s\" must be a number",
+            /* null: a metric that is undefined for this model (AUC with one class) */
+            if (!loom_json_is_number(doc, k + 1) && !loom_json_is_null(doc, k + 1)) {
+                reg_problem(req, 400, "metric \"%.*s\" must be a number (or null)",
                             LOOM_STR_FMT(loom_json_slice(doc, k)));
                 return false;
             }

@@ -404,7 +404,7 @@ def test_versions(registry, models):
     srv = registry()
     api = srv.api()
     new_model(api, "fraud")
-    meta = {"metrics": {"auc": 0.97, "logloss": 0.12}, "parameters": {"max_depth": 3,
+    meta = {"metrics": {"auc": 0.97, "logloss": 0.12, "f1": None}, "parameters": {"max_depth": 3,
             "eta": 0.3, "objective": "binary:logistic"},
             "lineage": {"dataset_digest": "sha256:" + "b" * 64, "training_job": "job-1",
                         "code_version": "abc123"},
