@@ -460,6 +460,34 @@ def test_concurrent_version_creates_get_distinct_numbers(registry):
     assert [e["seq"] for e in walk(api, f"{V1}/models/m/events", 500)[0]] == list(range(1, 42))
 
 
+def test_two_registries_share_one_store(registry):
+    """Two registry processes on one store (a PostgreSQL database, or one SQLite file on one
+    host) and one artifacts directory: writes through both never collide."""
+    a = registry()
+    store = a.store or f"sqlite:{a.data_dir}/registry.db"
+    b = registry(f"--registry.artifacts={a.data_dir}/artifacts", store=store)
+    apis = [a.api(), b.api()]
+    new_model(apis[0], "m")
+    digest = upload(apis[1], linear_model()).json()["digest"]
+    errors, versions = [], []
+
+    def worker(api):
+        for _ in range(10):
+            r = api.post(f"{V1}/models/m/versions", json={"artifact_digest": digest})
+            (versions if r.status_code == 201 else errors).append(r)
+
+    threads = [threading.Thread(target=worker, args=(srv.api(),)) for srv in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, [e.text for e in errors]
+    assert sorted(r.json()["version"] for r in versions) == list(range(1, 41))
+    assert apis[0].get(f"{V1}/models/m").json() == apis[1].get(f"{V1}/models/m").json()
+    r = apis[0].get(f"{V1}/models/m/versions/40/artifact")
+    assert r.status_code == 200 and r.content == linear_model()
+
+
 # ---- aliases ----
 
 
