@@ -14,6 +14,7 @@ static int cmd_help(int argc, char **argv);
 static const struct loom_cmd commands[] = {
     { "serve", "Run services (all of them, or those named) in this process", cmd_serve },
     { "models", "Models in the registry: list, show, push, alias", cmd_models },
+    { "predict", "Send rows to a served model and print its outputs", cmd_predict },
     { "version", "Print the version", cmd_version },
     { "help", "Show help for loom or for a command", cmd_help },
 };

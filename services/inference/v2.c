@@ -186,6 +186,13 @@ static void h_model_metadata(struct loom_http_req *req)
     loom_json_write_string(&w, v->info->objective);
     loom_json_write_key(&w, "backend");
     loom_json_write_string(&w, c->backend);
+    if (v->info->feature_names) {
+        loom_json_write_key(&w, "feature_names");
+        loom_json_write_array_begin(&w);
+        for (size_t i = 0; i < v->info->num_features; i++)
+            loom_json_write_string(&w, v->info->feature_names[i]);
+        loom_json_write_array_end(&w);
+    }
     loom_json_write_object_end(&w);
     loom_json_write_object_end(&w);
     loom_json_writer_finish(&w);
