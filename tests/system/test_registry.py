@@ -600,6 +600,43 @@ def test_idempotency_in_flight_conflict(registry, models):
     assert r.content == first.body
 
 
+def store_sql(srv, request, sql):
+    """Run one statement on a server's store, behind its back (to age idempotency keys)."""
+    if srv.store:
+        pg = request.getfixturevalue("postgres")
+        dbname = srv.store.rsplit("/", 1)[1]
+        pg._as_pg("/usr/lib/postgresql/15/bin/psql", "-h", "127.0.0.1", "-p", str(pg.port),
+                  "-U", "postgres", "-d", dbname, "-q", "-c", sql)
+    else:
+        import sqlite3
+        con = sqlite3.connect(os.path.join(srv.data_dir, "registry.db"), timeout=10)
+        with con:
+            con.execute(sql)
+        con.close()
+
+
+def test_idempotency_keys_expire(registry, request):
+    srv = registry()
+    api = srv.api()
+    k = {"Idempotency-Key": "old-key"}
+    assert api.post(f"{V1}/models", json={"name": "a"}, headers=k).status_code == 201
+    assert_problem(api.post(f"{V1}/models", json={"name": "b"}, headers=k), 422)
+    day = 24 * 3600 * 1000
+    store_sql(srv, request, f"UPDATE registry_idempotency SET created_ms = created_ms - {day + 1000}")
+    r = api.post(f"{V1}/models", json={"name": "b"}, headers=k)
+    assert r.status_code == 201 and "idempotent-replayed" not in r.headers, r.text
+    # a claim left in flight by a registry that died is given up after an hour
+    store_sql(srv, request, "INSERT INTO registry_idempotency (idem_key, scope, body_sha, status,"
+              " content_type, response, created_ms) VALUES ('stuck', 'POST /api/v1/models', '',"
+              f" 0, '', '', {int(time.time() * 1000)})")
+    assert_problem(api.post(f"{V1}/models", json={"name": "c"},
+                            headers={"Idempotency-Key": "stuck"}), 409)
+    store_sql(srv, request, f"UPDATE registry_idempotency SET created_ms = "
+              f"{int(time.time() * 1000) - 3600 * 1000 - 1000} WHERE idem_key = 'stuck'")
+    r = api.post(f"{V1}/models", json={"name": "c"}, headers={"Idempotency-Key": "stuck"})
+    assert r.status_code == 201, r.text
+
+
 def contract_check(srv, method, path, raw):
     hdrs = {k: v for k, v in raw.headers}
     srv.contract.check(method, path, raw.status, hdrs, raw.body)
