@@ -367,7 +367,7 @@ def test_kill9_mid_upload_leaves_nothing(registry, models):
     srv = registry()
     api = srv.api()
     new_model(api, "m")
-    data = models["big"]
+    data = models["big"] + b" " * (8 << 20)  # 8.7 MB: the registry dies after half of it
     tmp = os.path.join(srv.data_dir, "artifacts", "tmp")
     s = srv.connect()
     s.sendall(f"POST {V1}/artifacts HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
@@ -393,8 +393,9 @@ def test_kill9_mid_upload_leaves_nothing(registry, models):
     digest = "sha256:" + sha256_hex(data)
     assert_problem(api.get(f"{V1}/artifacts/{digest}"), 404)
     assert any(o.get("msg") == "removed unfinished uploads" for o in srv.json_logs())
-    # and the same upload works afterwards
-    assert upload(api, data).status_code == 201
+    # and the same upload works afterwards (trailing whitespace is still the same model)
+    r = upload(api, data)
+    assert r.status_code == 201 and r.json()["digest"] == digest
 
 
 # ---- versions ----
@@ -587,7 +588,12 @@ def test_idempotency_in_flight_conflict(registry, models):
             f"Idempotency-Key: slow-1\r\n\r\n").encode()
     s = srv.connect(timeout=30 * SLOW)
     s.sendall(head + data[:1000])
-    time.sleep(0.3 * SLOW)  # the key is claimed when the head arrives
+    # the key is claimed when the head arrives; then the body streams to a temporary file
+    tmp = os.path.join(srv.data_dir, "artifacts", "tmp")
+    deadline = time.monotonic() + 10 * SLOW
+    while not os.listdir(tmp):
+        assert time.monotonic() < deadline, "the upload never started"
+        time.sleep(0.005)
     r = upload(api, data, headers={"Idempotency-Key": "slow-1"})
     assert_problem(r, 409, "slow-1", "in progress")
     s.sendall(data[1000:])
