@@ -136,8 +136,8 @@ extern const size_t reg_nmigrations;
 /*
  * Append an event to `model`'s log (the next seq, a new UUIDv7 id, the current time) and apply
  * it to the projections, in the caller's transaction. `data` is a JSON object. On success
- * *seq_out (may be NULL) and *time_ms_out (may be NULL) say where and when. LOOM_EBUSY when
- * another writer took the same seq (the transaction is then retried by loom_store_tx).
+ * *time_ms_out (may be NULL) is the event's time. LOOM_EBUSY when another writer took the same
+ * seq (the transaction is then retried by loom_store_tx).
  */
 loom_err reg_emit(struct loom_db *db, struct loom_str model, enum reg_event_type type,
                   struct loom_str data, int64_t *time_ms_out, struct loom_error *err);
@@ -171,8 +171,9 @@ struct reg_idem_stored {
 /*
  * Claim `key` for `scope` ("POST /api/v1/models") and the body digest `sha` (hex, or "" when
  * the body is not known yet: the stored digest is then returned with a REPLAY for the caller to
- * compare). Keys expire after 24 h; a claim left in flight for an hour is abandoned. *stored is
- * filled for REPLAY (release its body with loom_buf_release).
+ * compare). Keys expire after 24 h; a claim left in flight for an hour is abandoned. *stored
+ * (its body initialised by the caller) is filled whenever the key was found; the caller
+ * releases its body in every case.
  */
 loom_err reg_idem_begin(struct loom_store *store, struct loom_str key, const char *scope,
                         const char *sha, enum reg_idem_result *res, struct reg_idem_stored *stored,
