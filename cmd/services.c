@@ -3,12 +3,14 @@
 #include "cmd.h"
 
 #include "echo/echo.h"
+#include "identity/identity.h"
 #include "inference/inference.h"
 #include "registry/registry.h"
 
 const struct loom_service *const loom_services[] = {
     &inference_service,
     &registry_service,
+    &identity_service,
     &echo_service,
 };
 
