@@ -9,11 +9,13 @@
  */
 #include "store_backend.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +31,106 @@ enum {
     OID_FLOAT8 = 701,
     OID_NUMERIC = 1700,
 };
+
+/*
+ * libpq is loaded when a postgres:// store is first opened, not linked: it brings some 25
+ * shared libraries (Kerberos, LDAP, GnuTLS...) whose loading alone costs every loom process,
+ * most of which never talk to PostgreSQL, several MB of resident memory. The calls below go
+ * through this table (the macros keep them reading as libpq's own names).
+ */
+static struct {
+    __typeof__(&PQclear) PQclear;
+    __typeof__(&PQcmdStatus) PQcmdStatus;
+    __typeof__(&PQcmdTuples) PQcmdTuples;
+    __typeof__(&PQconnectdbParams) PQconnectdbParams;
+    __typeof__(&PQconninfoFree) PQconninfoFree;
+    __typeof__(&PQconninfoParse) PQconninfoParse;
+    __typeof__(&PQerrorMessage) PQerrorMessage;
+    __typeof__(&PQexec) PQexec;
+    __typeof__(&PQexecParams) PQexecParams;
+    __typeof__(&PQfinish) PQfinish;
+    __typeof__(&PQfname) PQfname;
+    __typeof__(&PQfreemem) PQfreemem;
+    __typeof__(&PQftype) PQftype;
+    __typeof__(&PQgetisnull) PQgetisnull;
+    __typeof__(&PQgetlength) PQgetlength;
+    __typeof__(&PQgetvalue) PQgetvalue;
+    __typeof__(&PQnfields) PQnfields;
+    __typeof__(&PQntuples) PQntuples;
+    __typeof__(&PQresultErrorField) PQresultErrorField;
+    __typeof__(&PQresultStatus) PQresultStatus;
+    __typeof__(&PQsetNoticeProcessor) PQsetNoticeProcessor;
+    __typeof__(&PQsocket) PQsocket;
+    __typeof__(&PQstatus) PQstatus;
+    __typeof__(&PQtransactionStatus) PQtransactionStatus;
+} pq;
+static pthread_once_t pq_once = PTHREAD_ONCE_INIT;
+static char pq_error[256];
+
+static void pq_load(void)
+{
+    void *h = dlopen("libpq.so.5", RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        snprintf(pq_error, sizeof(pq_error), "%s", dlerror());
+        return;
+    }
+#define LOAD(name)                                                              \
+    do {                                                                        \
+        *(void **)&pq.name = dlsym(h, #name);                                   \
+        if (!pq.name && !pq_error[0])                                           \
+            snprintf(pq_error, sizeof(pq_error), "libpq.so.5 lacks %s", #name); \
+    } while (0)
+    LOAD(PQclear);
+    LOAD(PQcmdStatus);
+    LOAD(PQcmdTuples);
+    LOAD(PQconnectdbParams);
+    LOAD(PQconninfoFree);
+    LOAD(PQconninfoParse);
+    LOAD(PQerrorMessage);
+    LOAD(PQexec);
+    LOAD(PQexecParams);
+    LOAD(PQfinish);
+    LOAD(PQfname);
+    LOAD(PQfreemem);
+    LOAD(PQftype);
+    LOAD(PQgetisnull);
+    LOAD(PQgetlength);
+    LOAD(PQgetvalue);
+    LOAD(PQnfields);
+    LOAD(PQntuples);
+    LOAD(PQresultErrorField);
+    LOAD(PQresultStatus);
+    LOAD(PQsetNoticeProcessor);
+    LOAD(PQsocket);
+    LOAD(PQstatus);
+    LOAD(PQtransactionStatus);
+#undef LOAD
+}
+
+#define PQclear              (pq.PQclear)
+#define PQcmdStatus          (pq.PQcmdStatus)
+#define PQcmdTuples          (pq.PQcmdTuples)
+#define PQconnectdbParams    (pq.PQconnectdbParams)
+#define PQconninfoFree       (pq.PQconninfoFree)
+#define PQconninfoParse      (pq.PQconninfoParse)
+#define PQerrorMessage       (pq.PQerrorMessage)
+#define PQexec               (pq.PQexec)
+#define PQexecParams         (pq.PQexecParams)
+#define PQfinish             (pq.PQfinish)
+#define PQfname              (pq.PQfname)
+#define PQfreemem            (pq.PQfreemem)
+#define PQftype              (pq.PQftype)
+#define PQgetisnull          (pq.PQgetisnull)
+#define PQgetlength          (pq.PQgetlength)
+#define PQgetvalue           (pq.PQgetvalue)
+#define PQnfields            (pq.PQnfields)
+#define PQntuples            (pq.PQntuples)
+#define PQresultErrorField   (pq.PQresultErrorField)
+#define PQresultStatus       (pq.PQresultStatus)
+#define PQsetNoticeProcessor (pq.PQsetNoticeProcessor)
+#define PQsocket             (pq.PQsocket)
+#define PQstatus             (pq.PQstatus)
+#define PQtransactionStatus  (pq.PQtransactionStatus)
 
 #define PG_CONNECT_TIMEOUT "10" /* seconds; the URL may say otherwise */
 
@@ -111,6 +213,10 @@ static loom_err pg_open(const struct loom__store_conf *conf, struct loom_db **ou
     char line[LOOM_ERROR_MSG_MAX];
     char *perr = NULL;
     loom_err rc;
+    pthread_once(&pq_once, pq_load);
+    if (pq_error[0])
+        return loom_error_set(err, LOOM_EUNSUPPORTED,
+                              "postgres: cannot load libpq (Debian package libpq5): %s", pq_error);
     /* Parse first, so that a bad URL is EINVAL and not a failure to connect. */
     PQconninfoOption *opts = PQconninfoParse(conf->target, &perr);
     if (!opts) {
