@@ -27,6 +27,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -101,6 +102,9 @@ struct loom__http_conn {
     size_t out_off;
     struct loom_buf out_big; /* a body handed over by loom_http_respond_buf, sent after out */
     size_t big_off;
+    int file_fd; /* a body sent from a file (loom_http_respond_file), after out; -1: none */
+    off_t file_off;
+    uint64_t file_left;
 
     uint64_t deadline;
     bool keepalive;
@@ -109,6 +113,8 @@ struct loom__http_conn {
     bool kick_pending;
     bool responded;
     bool peer_eof;
+    bool peer_known;
+    char peer[64]; /* the client's address, read at the first loom_http_req_peer */
 };
 
 struct route_metrics {
@@ -157,22 +163,29 @@ static void listener_accept_resume(struct listener *ls);
 
 /* ---- errors and response building ---- */
 
-const char *loom_http_error_json(struct loom_buf *out, int status, const char *message)
+const char *loom_http_error_json(struct loom_buf *out, int status, const char *message,
+                                 struct loom_str instance)
 {
     LOOM_UNUSED(status);
+    LOOM_UNUSED(instance);
     loom_buf_append_cstr(out, "{\"error\":");
     loom_json_escape(out, message, strlen(message));
     loom_buf_putc(out, '}');
     return "application/json";
 }
 
-const char *loom_http_error_problem(struct loom_buf *out, int status, const char *message)
+const char *loom_http_error_problem(struct loom_buf *out, int status, const char *message,
+                                    struct loom_str instance)
 {
     const char *title = loom_http_status_reason(status);
     loom_buf_append_cstr(out, "{\"type\":\"about:blank\",\"title\":");
     loom_json_escape(out, title, strlen(title));
     loom_buf_printf(out, ",\"status\":%d,\"detail\":", status);
     loom_json_escape(out, message, strlen(message));
+    if (instance.len) {
+        loom_buf_append_cstr(out, ",\"instance\":");
+        loom_json_escape(out, instance.ptr, instance.len);
+    }
     loom_buf_putc(out, '}');
     return "application/problem+json";
 }
@@ -262,6 +275,44 @@ void loom_http_respond(struct loom_http_req *req, int status, const char *conten
     finish_response(c, status);
 }
 
+void loom_http_respond_file(struct loom_http_req *req, int status, const char *content_type, int fd,
+                            uint64_t offset, uint64_t len)
+{
+    struct loom__http_conn *c = req->conn;
+    if (c->responded || c->closed || head_request(c)) {
+        if (!c->responded && !c->closed)
+            write_head(c, status, content_type, (size_t)len); /* HEAD: no body */
+        close(fd);
+        if (!c->responded)
+            finish_response(c, status);
+        return;
+    }
+    if (len < 65536 || c->out_big.len || c->file_fd >= 0) {
+        /* Small bodies are cheaper to copy; and one file at a time keeps the order simple. */
+        struct loom_buf b;
+        loom_buf_init(&b, (size_t)len + 1);
+        bool ok = loom_buf_reserve(&b, (size_t)len) == LOOM_OK;
+        for (uint64_t got = 0; ok && got < len;) {
+            ssize_t n = pread(fd, b.data + got, (size_t)(len - got), (off_t)(offset + got));
+            ok = n > 0 || (n < 0 && errno == EINTR);
+            got += n > 0 ? (uint64_t)n : 0;
+            b.len = (size_t)got;
+        }
+        close(fd);
+        if (ok)
+            loom_http_respond_buf(req, status, content_type, &b);
+        else
+            loom_http_respond_error(req, 500, "cannot read the response body from its file");
+        loom_buf_release(&b);
+        return;
+    }
+    write_head(c, status, content_type, (size_t)len);
+    c->file_fd = fd;
+    c->file_off = (off_t)offset;
+    c->file_left = len;
+    finish_response(c, status);
+}
+
 void loom_http_respond_buf(struct loom_http_req *req, int status, const char *content_type,
                            struct loom_buf *body)
 {
@@ -284,7 +335,7 @@ static void respond_error_msg(struct loom__http_conn *c, int status, const char 
     struct loom_buf b;
     loom_buf_init(&b, 0);
     loom_http_error_fn fn = c->ls->srv->cfg.error_body;
-    const char *ctype = fn(&b, status, msg);
+    const char *ctype = fn(&b, status, msg, c->req.path);
     loom_http_respond(&c->req, status, ctype, loom_buf_str(&b));
     loom_buf_release(&b);
 }
@@ -316,6 +367,10 @@ void loom_http_respond_problem(struct loom_http_req *req, int status, const char
     loom_json_escape(&b, title, strlen(title));
     loom_buf_printf(&b, ",\"status\":%d,\"detail\":", status);
     loom_json_escape(&b, detail, strlen(detail));
+    if (req->path.len) {
+        loom_buf_append_cstr(&b, ",\"instance\":");
+        loom_json_escape(&b, req->path.ptr, req->path.len);
+    }
     loom_buf_putc(&b, '}');
     loom_http_respond(req, status, "application/problem+json", loom_buf_str(&b));
     loom_buf_release(&b);
@@ -383,6 +438,18 @@ bool loom_http_req_query(const struct loom_http_req *req, const char *name, stru
         return loom_http_url_decode(raw, true, req->arena, value) == LOOM_OK;
     }
     return false;
+}
+
+const char *loom_http_req_peer(const struct loom_http_req *req)
+{
+    struct loom__http_conn *c = req->conn;
+    if (!c->peer_known && c->fd >= 0) {
+        struct loom_sockaddr sa = { .len = sizeof(sa.ss) };
+        if (getpeername(c->fd, (struct sockaddr *)&sa.ss, &sa.len) == 0)
+            loom_net_format(&sa, c->peer, sizeof(c->peer));
+        c->peer_known = true;
+    }
+    return c->peer;
 }
 
 bool loom_http_req_is_aborted(const struct loom_http_req *req)
@@ -480,18 +547,55 @@ static const struct loom_http_limits *limits(const struct loom__http_conn *c)
 
 static bool output_pending(const struct loom__http_conn *c)
 {
-    return c->out_off < c->out.len || c->out_big.len;
+    return c->out_off < c->out.len || c->out_big.len || c->file_fd >= 0;
 }
 
 static size_t output_backlog(const struct loom__http_conn *c)
 {
-    return (c->out.len - c->out_off) + (c->out_big.len - c->big_off);
+    return (c->out.len - c->out_off) + (c->out_big.len - c->big_off) + (size_t)c->file_left;
+}
+
+static void file_done(struct loom__http_conn *c)
+{
+    if (c->file_fd >= 0)
+        close(c->file_fd);
+    c->file_fd = -1;
+    c->file_left = 0;
+}
+
+/* Send the file body once the buffers ahead of it are out. Returns the bytes sent, 0 when it
+ * must wait for the socket, -1 on a dead socket or a failed read. */
+static ssize_t send_file_part(struct loom__http_conn *c)
+{
+    size_t chunk = (size_t)LOOM_MIN(c->file_left, (uint64_t)1 << 20);
+    ssize_t w = sendfile(c->fd, c->file_fd, &c->file_off, chunk);
+    if (w < 0)
+        return errno == EAGAIN ? 0 : (errno == EINTR ? 0 : -1);
+    if (w == 0) /* the file shrank under us: the length promised cannot be kept */
+        return -1;
+    c->file_left -= (uint64_t)w;
+    if (c->file_left == 0)
+        file_done(c);
+    return w;
 }
 
 /* Write what we can. Returns false if the connection was closed. */
 static bool flush(struct loom__http_conn *c)
 {
     while (output_pending(c)) {
+        if (c->out_off == c->out.len && !c->out_big.len) {
+            ssize_t s = send_file_part(c);
+            if (s < 0) {
+                conn_close(c);
+                return false;
+            }
+            if (s == 0 && c->file_fd >= 0) {
+                loom_io_start(&c->io, (c->io.events & ~(unsigned)LOOM_IO_READ) | LOOM_IO_WRITE);
+                set_deadline(c, loom_loop_now(c->ls->loop) + limits(c)->idle_timeout);
+                return true;
+            }
+            continue;
+        }
         struct iovec iov[2];
         int n = 0;
         if (c->out_off < c->out.len)
@@ -1057,8 +1161,9 @@ static void update_interest(struct loom__http_conn *c)
 
 static void process_input(struct loom__http_conn *c)
 {
+    /* A file body goes out after everything queued before it: answer nothing more until it has. */
     while (!c->closed && !c->close_after && c->state != C_HANDLING && c->in_off < c->in.len &&
-           output_backlog(c) < limits(c)->max_pending_out) {
+           c->file_fd < 0 && output_backlog(c) < limits(c)->max_pending_out) {
         if (c->state == C_IDLE) {
             c->msg_start = c->in_off;
             set_deadline(c, loom_loop_now(c->ls->loop) + limits(c)->header_timeout);
@@ -1198,6 +1303,7 @@ static void conn_free(struct loom_task *task)
     loom_buf_release(&c->in);
     loom_buf_release(&c->out);
     loom_buf_release(&c->out_big);
+    file_done(c);
     loom_buf_release(&c->body);
     loom_buf_release(&c->resp_headers);
     loom_buf_release(&c->hoffs);
@@ -1275,6 +1381,7 @@ static void conn_new(struct listener *ls, int fd)
     loom_buf_init(&c->in, limits(c)->max_header_bytes + READ_SLACK);
     loom_buf_init(&c->out, 0);
     loom_buf_init(&c->out_big, 0);
+    c->file_fd = -1;
     loom_buf_init(&c->body, 0);
     loom_buf_init(&c->resp_headers, 64 * 1024);
     loom_buf_init(&c->hoffs, 0);

@@ -150,6 +150,11 @@ typedef void (*loom_http_end_fn)(struct loom_http_req *req, loom_err status, voi
 void loom_http_req_read_body(struct loom_http_req *req, loom_http_body_fn on_data,
                              loom_http_end_fn on_end, void *arg);
 
+/* The client's address as "127.0.0.1:50312" or "[::1]:50312" ("" if it cannot be known),
+ * NUL-terminated and borrowed: valid until the response. Read once per connection (the first
+ * call does one getpeername). For X-Forwarded-For and per-address limits at an edge. */
+const char *loom_http_req_peer(const struct loom_http_req *req);
+
 /* True once the client went away: a later response is discarded. */
 bool loom_http_req_is_aborted(const struct loom_http_req *req);
 
@@ -169,6 +174,11 @@ void loom_http_resp_headerf(struct loom_http_req *req, const char *name, const c
 void loom_http_respond(struct loom_http_req *req, int status, const char *content_type,
                        struct loom_str body);
 
+/* Respond with `len` bytes of the open file `fd` from `offset`, sent with sendfile(2) (no copy
+ * through user space): for artifacts and datasets. The server takes the fd and closes it. */
+void loom_http_respond_file(struct loom_http_req *req, int status, const char *content_type, int fd,
+                            uint64_t offset, uint64_t len);
+
 /* Respond with a body the server takes over and frees (no copy): for large bodies. */
 void loom_http_respond_buf(struct loom_http_req *req, int status, const char *content_type,
                            struct loom_buf *body);
@@ -177,8 +187,8 @@ void loom_http_respond_buf(struct loom_http_req *req, int status, const char *co
 void loom_http_respond_error(struct loom_http_req *req, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Respond with an RFC 9457 problem: {"type","title","status","detail"}, as
- * application/problem+json. `type` may be NULL for "about:blank". */
+/* Respond with an RFC 9457 problem: {"type","title","status","detail","instance"} (instance:
+ * the request's path), as application/problem+json. `type` may be NULL for "about:blank". */
 void loom_http_respond_problem(struct loom_http_req *req, int status, const char *type,
                                const char *detail_fmt, ...) __attribute__((format(printf, 4, 5)));
 
@@ -197,13 +207,17 @@ struct loom_http_limits {
                                 read (default 1 MiB) */
 };
 
-/* Write an error body for `status` and `message` into `out`; returns the Content-Type. */
-typedef const char *(*loom_http_error_fn)(struct loom_buf *out, int status, const char *message);
+/* Write an error body for `status` and `message` into `out`; returns the Content-Type.
+ * `instance` is the request's path (empty when the request line was not even read). */
+typedef const char *(*loom_http_error_fn)(struct loom_buf *out, int status, const char *message,
+                                          struct loom_str instance);
 
 /* The default error body: {"error": "<message>"} (the KServe v2 form). */
-const char *loom_http_error_json(struct loom_buf *out, int status, const char *message);
-/* RFC 9457 application/problem+json. */
-const char *loom_http_error_problem(struct loom_buf *out, int status, const char *message);
+const char *loom_http_error_json(struct loom_buf *out, int status, const char *message,
+                                 struct loom_str instance);
+/* RFC 9457 application/problem+json: type about:blank, title, status, detail, instance. */
+const char *loom_http_error_problem(struct loom_buf *out, int status, const char *message,
+                                    struct loom_str instance);
 
 struct loom_http_server_config {
     const char *name; /* the service, for metrics (loom_<name>_http_...) and logs */

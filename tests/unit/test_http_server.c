@@ -12,6 +12,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -162,6 +163,17 @@ static void h_upload(struct loom_http_req *req)
     loom_http_req_read_body(req, up_data, up_end, u);
 }
 
+/* A file of 300,000 bytes (and a small one): sendfile for the large, a copy for the small. */
+static char file_path[64];
+static void h_file(struct loom_http_req *req)
+{
+    int fd = open(file_path, O_RDONLY);
+    struct loom_str small = loom_http_req_param(req, "which");
+    bool tiny = loom_str_eq_cstr(small, "small");
+    loom_http_respond_file(req, 200, "application/octet-stream", fd, tiny ? 10 : 0,
+                           tiny ? 100 : 300000);
+}
+
 static const struct loom_route routes[] = {
     { LOOM_HTTP_GET, "/hello", h_hello, 0, 0 },
     { LOOM_HTTP_POST, "/echo", h_echo, 1000, 0 },
@@ -176,6 +188,7 @@ static const struct loom_route routes[] = {
     { LOOM_HTTP_POST, "/only-post", h_post_only, 0, 0 },
     { LOOM_HTTP_DELETE, "/only-post", h_post_only, 0, 0 },
     { LOOM_HTTP_PUT, "/upload", h_upload, 1 << 20, LOOM_ROUTE_STREAM },
+    { LOOM_HTTP_GET, "/file/{which}", h_file, 0, 0 },
 };
 
 /* ---- the server thread ---- */
@@ -869,6 +882,56 @@ static void test_streaming(void)
     close(fd);
 }
 
+static void test_file(void)
+{
+    snprintf(file_path, sizeof(file_path), "/tmp/loom-test-file-%d", (int)getpid());
+    FILE *f = fopen(file_path, "wb");
+    for (int i = 0; i < 300000; i++)
+        fputc('A' + i % 26, f);
+    fclose(f);
+    int fd = dial();
+    /* Pipelined behind and ahead of the file: answers stay in order. */
+    send_str(fd, "GET /file/large HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+                 "GET /file/small HTTP/1.1\r\nHost: x\r\n\r\n");
+    char *r = read_response(fd);
+    CHECK_INT(status_of(r), 200);
+    CHECK_CONTAINS(r, "Content-Length: 300000");
+    const char *body = body_of(r);
+    CHECK_UINT(strlen(body), 300000);
+    CHECK(body[0] == 'A' && body[299999] == (char)('A' + 299999 % 26));
+    free(r);
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "hello");
+    free(r);
+    r = read_response(fd);
+    CHECK_UINT(strlen(body_of(r)), 100);
+    CHECK(body_of(r)[0] == 'A' + 10);
+    free(r);
+    send_str(fd,
+             "HEAD /file/large HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response_x(fd, true);
+    CHECK_CONTAINS(r, "Content-Length: 300000");
+    free(r);
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "hello");
+    free(r);
+    close(fd);
+    /* A client that leaves mid-file: the server closes the file and serves on. */
+    fd = dial();
+    send_str(fd, "GET /file/large HTTP/1.1\r\nHost: x\r\n\r\n");
+    char buf[1000];
+    CHECK(recv(fd, buf, sizeof(buf), 0) > 0);
+    close(fd);
+    usleep(20000);
+    fd = dial();
+    send_str(fd, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "hello");
+    free(r);
+    close(fd);
+    unlink(file_path);
+}
+
 static void test_drain(void)
 {
     int busy = dial();
@@ -961,6 +1024,7 @@ int main(void)
     RUN(test_big_response);
     RUN(test_abort);
     RUN(test_streaming);
+    RUN(test_file);
     RUN(test_drain);
     stop_server();
     return check_report();
