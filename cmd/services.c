@@ -6,10 +6,12 @@
 #include "identity/identity.h"
 #include "inference/inference.h"
 #include "registry/registry.h"
+#include "trainer/trainer.h"
 
 const struct loom_service *const loom_services[] = {
     &inference_service,
     &registry_service,
+    &trainer_service,
     &identity_service,
     &echo_service,
 };
