@@ -129,6 +129,7 @@ struct reg_op *reg_op_new(struct loom_http_req *req, reg_op_fn fn, void *args)
     op->reg = req->ctx;
     op->fn = fn;
     op->args = args;
+    op->file_fd = -1;
     loom_buf_init(&op->body, 0);
     return op;
 }
@@ -144,8 +145,11 @@ void reg_op_respond(struct reg_op *op)
         loom_http_resp_headerf(req, "ETag", "\"%s\"", op->etag);
     if (op->status == 204 || op->status == 304)
         loom_http_respond(req, op->status, NULL, LOOM_STR_NULL);
+    else if (op->file_fd >= 0)
+        loom_http_respond_file(req, op->status, op->content_type, op->file_fd, 0, op->file_len);
     else
         loom_http_respond_buf(req, op->status, op->content_type, &op->body);
+    op->file_fd = -1;
     loom_buf_release(&op->body);
 }
 

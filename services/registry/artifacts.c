@@ -177,8 +177,12 @@ loom_err reg_artifacts_init(struct reg_service *reg, struct loom_error *err)
 }
 
 /* Read a whole file into b (which the caller has sized), hashing it. */
-static loom_err read_hashed(const char *path, struct loom_buf *b, uint8_t digest[LOOM_SHA256_LEN],
-                            struct loom_error *err)
+/* Hash the file at `path` (and append its bytes to b, when b is not NULL). With keep_fd, the
+ * file stays open and *keep_fd receives it (the caller closes it), so that what was verified
+ * is what is sent. */
+static loom_err read_hashed_fd(const char *path, struct loom_buf *b,
+                               uint8_t digest[LOOM_SHA256_LEN], int *keep_fd,
+                               struct loom_error *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -203,12 +207,21 @@ static loom_err read_hashed(const char *path, struct loom_buf *b, uint8_t digest
             break;
         }
     }
-    close(fd);
+    if (e || !keep_fd)
+        close(fd);
+    else
+        *keep_fd = fd;
     if (e)
         loom_sha256_abandon(&h);
     else
         loom_sha256_final(&h, digest);
     return e;
+}
+
+static loom_err read_hashed(const char *path, struct loom_buf *b, uint8_t digest[LOOM_SHA256_LEN],
+                            struct loom_error *err)
+{
+    return read_hashed_fd(path, b, digest, NULL, err);
 }
 
 /* ---- downloads ---- */
@@ -252,12 +265,12 @@ void reg_artifact_send(struct reg_op *op, struct loom_str digest)
     }
     char hex[LOOM_SHA256_HEX];
     snprintf(hex, sizeof(hex), "%.*s", (int)(digest.len - 7), digest.ptr + 7);
+    /* Hash the file as a stream (it may be large) and keep it open: the bytes verified are the
+     * bytes sent, from the page cache with sendfile. */
     char *path = reg_artifact_path(reg, hex);
-    struct loom_buf b;
-    loom_buf_init(&b, (size_t)row.size + 1);
-    loom_buf_reserve(&b, (size_t)row.size);
     uint8_t got[LOOM_SHA256_LEN];
-    e = read_hashed(path, &b, got, &err);
+    int fd = -1;
+    e = read_hashed_fd(path, NULL, got, &fd, &err);
     free(path);
     char got_hex[LOOM_SHA256_HEX];
     if (!e)
@@ -274,7 +287,8 @@ void reg_artifact_send(struct reg_op *op, struct loom_str digest)
                            "matches its digest (it now hashes to sha256:%s); it is not served. "
                            "Upload the original file again to repair it",
                            LOOM_STR_FMT(digest), got_hex);
-        loom_buf_release(&b);
+        if (fd >= 0)
+            close(fd);
         return;
     }
     reg_base64(got, sizeof(got), false, op->digest_b64);
@@ -284,12 +298,12 @@ void reg_artifact_send(struct reg_op *op, struct loom_str digest)
     snprintf(quoted, sizeof(quoted), "\"sha256:%s\"", hex);
     if (inm.len && (loom_str_eq_cstr(loom_str_trim(inm), quoted) ||
                     loom_str_eq_cstr(loom_str_trim(inm), "*"))) {
-        loom_buf_release(&b);
+        close(fd);
         op->status = 304;
         return;
     }
-    loom_buf_release(&op->body);
-    op->body = b;
+    op->file_fd = fd;
+    op->file_len = (uint64_t)row.size;
     op->status = 200;
     op->content_type = "application/octet-stream";
 }

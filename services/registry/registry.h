@@ -96,7 +96,9 @@ struct reg_op {
     struct loom_str key;
     const char *scope; /* "POST /api/v1/models" */
     char body_sha[LOOM_SHA256_HEX];
-    void *args; /* the handler's parsed request */
+    void *args;  /* the handler's parsed request */
+    int file_fd; /* an answer sent from a file (an artifact), or -1 */
+    uint64_t file_len;
 };
 
 /* A new operation for `req` that runs fn with args. */
