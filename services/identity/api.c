@@ -195,8 +195,9 @@ static void op_respond(struct idn_op *op)
     if (op->status == 204)
         loom_http_respond(req, 204, NULL, LOOM_STR_NULL);
     else
-        loom_http_respond_buf(req, op->status, op->content_type, &op->body);
-    /* Bodies may hold a secret or a token: wipe before the memory is reused. */
+        loom_http_respond(req, op->status, op->content_type, loom_buf_str(&op->body));
+    /* The body may hold a secret or a token: wipe our copy before the memory is reused (the
+     * server's copy goes with its output buffer). */
     if (op->body.data)
         OPENSSL_cleanse(op->body.data, op->body.cap);
     loom_buf_release(&op->body);

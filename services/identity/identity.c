@@ -90,7 +90,19 @@ static bool issuer_ok(const char *iss)
            iss[n - 1] != '/' && !strpbrk(iss, " \"\\?#");
 }
 
+static loom_err idn_init_state(struct loom_svc *svc, struct loom_error *err);
+
+/* Init, with the log lines it writes attributed to this service. */
 static loom_err idn_init(struct loom_svc *svc, struct loom_error *err)
+{
+    const char *was = loom_log_service();
+    loom_log_set_service("identity");
+    loom_err e = idn_init_state(svc, err);
+    loom_log_set_service(was);
+    return e;
+}
+
+static loom_err idn_init_state(struct loom_svc *svc, struct loom_error *err)
 {
     struct idn_service *idn = loom_new(struct idn_service);
     idn->conf = loom_svc_conf(svc);
