@@ -937,7 +937,7 @@ def cli(srv, *args, env=None):
 
 
 def test_cli(identity_sqlite):
-    if "clients" not in run_loom("help").stdout:
+    if "Usage: loom clients" not in run_loom("clients", "--help").stdout:
         pytest.skip("loom clients is not wired into cmd/main.c yet")
     srv = identity_sqlite()
     r = cli(srv, "create", "cli-made", "--scopes", "infer,models:read", "--rps", "7",
