@@ -65,6 +65,9 @@ void loom_csv_reader_release(struct loom_csv_reader *r)
 
 static loom_err failv(struct loom_csv_reader *r, struct loom_error *err, loom_err code,
                       uint64_t line, uint64_t column, const char *fmt, va_list ap)
+    __attribute__((format(printf, 6, 0)));
+static loom_err failv(struct loom_csv_reader *r, struct loom_error *err, loom_err code,
+                      uint64_t line, uint64_t column, const char *fmt, va_list ap)
 {
     char msg[LOOM_ERROR_MSG_MAX];
     vsnprintf(msg, sizeof(msg), fmt, ap);
