@@ -140,9 +140,11 @@ static loom_err emit(struct loom_csv_reader *r, struct loom_error *err)
     if (r->records == r->limits.max_records)
         return loom_csv_fail(r, err, LOOM_ETOOBIG, r->rec_line, 1, "more than %llu records",
                              (unsigned long long)r->limits.max_records);
+    /* A record of empty fields has no text at all: its slices point at "". */
+    const char *base = r->text.data ? r->text.data : "";
     for (size_t i = 0; i < r->nfields; i++) {
         size_t end = i + 1 < r->nfields ? r->starts[i + 1] : r->text.len;
-        r->slices[i] = loom_str_make(r->text.data + r->starts[i], end - r->starts[i]);
+        r->slices[i] = loom_str_make(base + r->starts[i], end - r->starts[i]);
     }
     struct loom_csv_record rec = {
         .fields = r->slices,
