@@ -23,5 +23,6 @@ extern const size_t loom_nservices;
 int cmd_serve(int argc, char **argv);
 int cmd_models(int argc, char **argv);
 int cmd_predict(int argc, char **argv);
+int cmd_clients(int argc, char **argv);
 
 #endif

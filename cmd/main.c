@@ -15,6 +15,7 @@ static const struct loom_cmd commands[] = {
     { "serve", "Run services (all of them, or those named) in this process", cmd_serve },
     { "models", "Models in the registry: list, show, push, alias", cmd_models },
     { "predict", "Send rows to a served model and print its outputs", cmd_predict },
+    { "clients", "API clients of the identity service: create, list, rotate...", cmd_clients },
     { "version", "Print the version", cmd_version },
     { "help", "Show help for loom or for a command", cmd_help },
 };
