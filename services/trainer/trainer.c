@@ -13,9 +13,10 @@
 #include <string.h>
 
 static const struct loom_conf_field trn_fields[] = {
-    LOOM_CONF_FIELD(struct trn_conf, store, "store", STRING, "",
-                    "Where jobs and dataset descriptions live: sqlite:PATH or "
-                    "postgres://user:pass@host:port/db (default: sqlite:<data-dir>/trainer.db)."),
+    LOOM_CONF_SECRET_FIELD(struct trn_conf, store, "store", STRING, "",
+                           "Where jobs and dataset descriptions live: sqlite:PATH or "
+                           "postgres://user:pass@host:port/db (default: "
+                           "sqlite:<data-dir>/trainer.db)."),
     LOOM_CONF_FIELD(struct trn_conf, datasets, "datasets", STRING, "",
                     "Directory of uploaded datasets, stored by digest "
                     "(default: <data-dir>/datasets)."),
