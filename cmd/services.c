@@ -3,6 +3,7 @@
 #include "cmd.h"
 
 #include "echo/echo.h"
+#include "gateway/gateway.h"
 #include "identity/identity.h"
 #include "inference/inference.h"
 #include "registry/registry.h"
@@ -13,6 +14,7 @@ const struct loom_service *const loom_services[] = {
     &registry_service,
     &trainer_service,
     &identity_service,
+    &gateway_service,
     &echo_service,
 };
 
