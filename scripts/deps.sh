@@ -4,8 +4,8 @@
 # are missing (so a second run is instant and offline). Usage: scripts/deps.sh [build|test|bench|all]
 set -euo pipefail
 
-build=(cmake make gcc clang libclang-rt-14-dev pkg-config libhttp-parser-dev libssl-dev libsqlite3-dev libpq-dev libargon2-dev libxgboost-dev libyaml-dev libnats-dev zlib1g-dev)
-test=(python3 python3-pytest python3-requests prometheus libxgboost-dev python3-xgboost python3-sklearn python3-numpy postgresql python3-jsonschema python3-yaml nats-server python3-jwt python3-cryptography)
+build=(cmake make gcc clang libclang-rt-14-dev pkg-config libhttp-parser-dev libssl-dev libsqlite3-dev libpq-dev libargon2-dev libxgboost-dev libyaml-dev libnats-dev zlib1g-dev libhiredis-dev)
+test=(python3 python3-pytest python3-requests prometheus libxgboost-dev python3-xgboost python3-sklearn python3-numpy postgresql python3-jsonschema python3-yaml nats-server python3-jwt python3-cryptography redis-server)
 bench=(wrk nginx-light util-linux procps python3 python3-numpy python3-xgboost python3-sklearn python3-fastapi python3-uvicorn python3-uvloop python3-httptools)
 
 case "${1:-all}" in
