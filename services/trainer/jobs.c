@@ -694,7 +694,8 @@ static void update_gauges(struct trn_service *trn)
 static void pump_locked(struct trn_service *trn)
 {
     struct trn_sched *s = &trn->sched;
-    while (s->running < trn->max_jobs && s->queue) {
+    /* A draining service starts nothing: what waits is marked failed at shutdown. */
+    while (s->running < trn->max_jobs && s->queue && !loom_svc_is_draining(trn->svc)) {
         struct trn_job *job = s->queue;
         s->queue = job->next_queued;
         if (!s->queue)
@@ -1816,6 +1817,15 @@ static void job_work(struct loom_work *w)
         return; /* the cancel marked it in the store */
     struct loom_error err = { 0 };
     int64_t now = trn_now_ms(), changes = 0;
+    if (loom_svc_is_draining(trn->svc)) {
+        struct loom_sql_value q[] = { LOOM_SQL_CSTR_V(job->id), LOOM_SQL_CSTR_V(TRN_STOPPED_QUEUED),
+                                      LOOM_SQL_INT_V(now) };
+        trn_exec(trn->store,
+                 "UPDATE trn_jobs SET status = 'failed', error = $2, finished_at = $3, "
+                 "updated_at = $3 WHERE id = $1 AND status = 'queued'",
+                 q, 3, NULL, NULL, NULL, &err);
+        return;
+    }
     struct loom_sql_value p[] = { LOOM_SQL_CSTR_V(job->id), LOOM_SQL_INT_V(now) };
     loom_err e = trn_exec(trn->store,
                           "UPDATE trn_jobs SET status = 'running', started_at = $2, "
