@@ -24,12 +24,12 @@
 #include <time.h>
 #include <xgboost/c_api.h>
 
-#define CK(call)                                                                                   \
-    do {                                                                                           \
-        if ((call) != 0) {                                                                         \
-            fprintf(stderr, "train_capi: %s: %s\n", #call, XGBGetLastError());                     \
-            exit(1);                                                                               \
-        }                                                                                          \
+#define CK(call)                                                               \
+    do {                                                                       \
+        if ((call) != 0) {                                                     \
+            fprintf(stderr, "train_capi: %s: %s\n", #call, XGBGetLastError()); \
+            exit(1);                                                           \
+        }                                                                      \
     } while (0)
 
 static double now_ms(void)
