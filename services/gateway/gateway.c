@@ -131,6 +131,7 @@ static void gw_free(struct gw_service *gw)
     gw_idem_release(gw);
     gw_traffic_release(gw);
     gw_auth_release(gw);
+    loom_router_free(gw->known);
     free(gw->openapi_json);
     free(gw);
 }
@@ -222,6 +223,11 @@ static loom_err gw_init(struct loom_svc *svc, struct loom_error *err)
     if ((e = gw_limits_init(gw, err)) || (e = gw_idem_init(gw, err)) ||
         (e = gw_openapi_init(gw, err)) || (e = gw_traffic_init(gw, err)))
         goto fail;
+    gw->known = loom_router_new(gw_routes + GW_NCATCHALL, gw_nroutes - GW_NCATCHALL, err);
+    if (!gw->known) {
+        e = LOOM_EINVAL;
+        goto fail;
+    }
     gw->nloops = loom_svc_nloops(svc);
     gw->loops = loom_calloc(gw->nloops, sizeof(*gw->loops));
     for (size_t i = 0; i < gw->nloops; i++) {

@@ -130,11 +130,16 @@ struct gw_rule {
 extern const struct loom_route gw_routes[];
 extern const struct gw_rule gw_rules[];
 extern const size_t gw_nroutes;
-#define GW_NROUTES 55 /* checked at compile time in routes.c */
+#define GW_NROUTES 60 /* checked at compile time in routes.c */
 
 /* The rule of a matched route (found by the route's template pointer; the runtime copies the
  * table, the strings stay ours). NULL for the runtime's built-in routes. */
 const struct gw_rule *gw_rule_of(const struct loom_route *route);
+
+/* The first routes of the table are the catch-alls ("/{path...}"): OPTIONS, then the others. */
+#define GW_NCATCHALL 6
+/* The answer of the catch-alls: 404, or 405 with Allow (the path exists for other methods). */
+void gw_h_no_route(struct gw_req *g);
 
 /* The names of the route classes used in --gateway.route-rate-limits. */
 extern const char *const gw_limit_classes[];
@@ -377,6 +382,7 @@ struct gw_service {
     pthread_mutex_t snap_mu;
     struct gw_snapshot *snap; /* under snap_mu */
     atomic_uint_fast64_t snap_rev;
+    struct loom_router *known; /* the table without its catch-alls: for 405 and Allow */
     char *openapi_json;
     size_t openapi_len;
     atomic_long in_flight;

@@ -149,8 +149,6 @@ static void problem_v(struct gw_req *g, int status, const char *fmt, va_list ap)
     loom_json_write_string(&w, detail);
     loom_json_write_key(&w, "instance");
     loom_json_write_str(&w, g->req->path);
-    loom_json_write_key(&w, "request_id");
-    loom_json_write_str(&w, loom_str_make(g->request_id, g->request_id_len));
     loom_json_write_object_end(&w);
     gw_respond_buf(g, status, "application/problem+json", &b);
     loom_buf_release(&b);
@@ -283,6 +281,22 @@ static void options(struct gw_req *g)
     gw_respond(g, 204, NULL, LOOM_STR_NULL);
 }
 
+void gw_h_no_route(struct gw_req *g)
+{
+    struct loom_http_req *req = g->req;
+    struct loom_route_match m;
+    loom_router_match(g->gw->known, req->method, req->path, &m);
+    if (m.allowed) {
+        char allow[128];
+        loom_http_allow_list(m.allowed | (1u << LOOM_HTTP_OPTIONS), allow, sizeof(allow));
+        loom_http_resp_header(req, "Allow", loom_str_cstr(allow));
+        gw_problem(g, 405, "method %.*s is not allowed here (allowed: %s)",
+                   LOOM_STR_FMT(req->method_name), allow);
+        return;
+    }
+    gw_problem(g, 404, "no route for %.*s", (int)LOOM_MIN(req->path.len, 200), req->path.ptr);
+}
+
 /* ---- authentication ---- */
 
 static void authenticate(struct gw_req *g, bool may_wait);
@@ -406,6 +420,10 @@ void gw_h_edge(struct loom_http_req *req)
     }
     if (req->method == LOOM_HTTP_OPTIONS) {
         options(g);
+        return;
+    }
+    if (g->rule->local == gw_h_no_route) {
+        gw_h_no_route(g);
         return;
     }
     long n = atomic_fetch_add_explicit(&gw->in_flight, 1, memory_order_relaxed) + 1;

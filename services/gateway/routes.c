@@ -54,6 +54,12 @@ const char *gw_scope_name(unsigned bit)
 /* X(method, template, upstream, access, scope, kind, limit class, local handler) */
 #define GW_ROUTE_LIST(X)                                                                          \
     X(OPTIONS, "/{path...}", LOCAL, GW_PUBLIC, 0, LOCAL, "cors", NULL)                            \
+    /* no route: 404, or 405 with Allow when the path has other methods (never upstream) */       \
+    X(GET, "/{path...}", LOCAL, GW_PUBLIC, 0, LOCAL, "cors", gw_h_no_route)                       \
+    X(POST, "/{path...}", LOCAL, GW_PUBLIC, 0, LOCAL, "cors", gw_h_no_route)                      \
+    X(PUT, "/{path...}", LOCAL, GW_PUBLIC, 0, LOCAL, "cors", gw_h_no_route)                       \
+    X(PATCH, "/{path...}", LOCAL, GW_PUBLIC, 0, LOCAL, "cors", gw_h_no_route)                     \
+    X(DELETE, "/{path...}", LOCAL, GW_PUBLIC, 0, LOCAL, "cors", gw_h_no_route)                    \
     X(GET, "/openapi.json", LOCAL, GW_PUBLIC, 0, LOCAL, "openapi", gw_h_openapi)                  \
     /* identity */                                                                                \
     X(POST, "/oauth/token", IDENTITY, GW_PUBLIC, 0, API, "token", NULL)                           \
