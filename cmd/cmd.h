@@ -24,5 +24,8 @@ int cmd_serve(int argc, char **argv);
 int cmd_models(int argc, char **argv);
 int cmd_predict(int argc, char **argv);
 int cmd_clients(int argc, char **argv);
+int cmd_datasets(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
 
 #endif

@@ -13,9 +13,12 @@ static int cmd_help(int argc, char **argv);
 
 static const struct loom_cmd commands[] = {
     { "serve", "Run services (all of them, or those named) in this process", cmd_serve },
+    { "datasets", "Datasets for training: push a CSV, list", cmd_datasets },
+    { "train", "Train a model from a job spec (YAML or JSON) and show the report", cmd_train },
     { "models", "Models in the registry: list, show, push, alias", cmd_models },
     { "predict", "Send rows to a served model and print its outputs", cmd_predict },
     { "clients", "API clients of the identity service: create, list, rotate...", cmd_clients },
+    { "demo", "Reference data: loom demo data fraud --rows N --seed S [--bias B]", cmd_demo },
     { "version", "Print the version", cmd_version },
     { "help", "Show help for loom or for a command", cmd_help },
 };
