@@ -7,6 +7,7 @@
  * batching waits for 100 us, which epoll_wait's milliseconds cannot express) and falls back to
  * epoll_wait, rounding up, on kernels without it.
  */
+#include <loom/log.h>
 #include <loom/loop.h>
 
 #include <errno.h>
@@ -501,7 +502,11 @@ static void *worker_main(void *arg)
         pool->queued--;
         w->state = WORK_RUNNING;
         pthread_mutex_unlock(&pool->mu);
+        loom_log_set_service(w->log_svc);
+        loom_trace_set_current(w->traced ? &w->trace : NULL);
         w->work(w);
+        loom_trace_set_current(NULL);
+        loom_log_set_service("loom");
         pthread_mutex_lock(&pool->mu);
         w->state = WORK_DONE;
         loom_loop_post(w->loop, &w->task, work_complete);
@@ -578,6 +583,11 @@ loom_err loom_pool_submit(struct loom_pool *pool, struct loom_loop *loop, struct
     w->work = work;
     w->done = done;
     w->next = NULL;
+    w->log_svc = loom_log_service();
+    const struct loom_trace_ctx *t = loom_trace_current();
+    w->traced = t != NULL;
+    if (t)
+        w->trace = *t;
     pthread_mutex_lock(&pool->mu);
     if (pool->queued >= pool->max_queue || pool->stopping) {
         pthread_mutex_unlock(&pool->mu);

@@ -12,6 +12,7 @@
 #define LOOM_LOOP_H
 
 #include <loom/core.h>
+#include <loom/trace.h>
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -166,6 +167,11 @@ struct loom_work {
     loom_work_fn work;
     loom_work_done_fn done;
     int state;
+    /* The submitter's log service and trace context, restored around work() so that its log
+     * lines name the service and request they belong to. */
+    const char *log_svc;
+    struct loom_trace_ctx trace;
+    bool traced;
 };
 
 /* A pool of `nthreads` workers (0: one per CPU) whose queue holds at most `max_queue` jobs
@@ -180,8 +186,9 @@ unsigned loom_pool_threads(const struct loom_pool *pool);
 
 /*
  * Run work(w) on a worker, then done(w, LOOM_OK) on `loop`. `w` is embedded in the caller's
- * struct and must stay valid until done runs. LOOM_EBUSY if the queue is full (then nothing is
- * called). Thread-safe.
+ * struct and must stay valid until done runs. work() runs with the submitting thread's log
+ * service and current trace context. LOOM_EBUSY if the queue is full (then nothing is called).
+ * Thread-safe.
  */
 loom_err loom_pool_submit(struct loom_pool *pool, struct loom_loop *loop, struct loom_work *w,
                           loom_work_fn work, loom_work_done_fn done);

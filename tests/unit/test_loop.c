@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for the event loop: I/O, timers (order, precision, restart), posted and deferred
- * tasks, signals, and the work pool (completion on the owning loop, cancellation, back-pressure). */
+ * tasks, signals, and the work pool (completion on the owning loop, cancellation, back-pressure).
+ */
 #include "check.h"
 
+#include <loom/log.h>
 #include <loom/loop.h>
+#include <loom/trace.h>
 
 #include <pthread.h>
 #include <signal.h>
@@ -146,8 +149,8 @@ static void test_timers(void)
         loom_timer_start(&ts[i].t, delays_us[i] * LOOM_NS_PER_US, 0);
         CHECK(loom_timer_is_active(&ts[i].t));
     }
-    loom_timer_stop(&ts[4].t);    /* stopped: never fires */
-    loom_timer_stop(&ts[4].t);    /* twice is harmless */
+    loom_timer_stop(&ts[4].t);                            /* stopped: never fires */
+    loom_timer_stop(&ts[4].t);                            /* twice is harmless */
     loom_timer_start(&ts[5].t, 2500 * LOOM_NS_PER_US, 0); /* restarted later */
     loom_timer_start(&ts[0].t, 200 * LOOM_NS_PER_US, 0);  /* restarted sooner */
     norder = 0;
@@ -428,6 +431,54 @@ static void test_pool_cancel_and_bound(void)
     CHECK(loom_cpu_count() >= 1);
 }
 
+/* Pool work runs under the submitter's log service and trace context. */
+struct ctx_job {
+    struct loom_work w;
+    struct loom_loop *loop;
+    const char *seen_svc;
+    char seen_trace[33];
+};
+
+static void ctx_work(struct loom_work *w)
+{
+    struct ctx_job *j = LOOM_CONTAINER_OF(w, struct ctx_job, w);
+    j->seen_svc = loom_log_service();
+    const struct loom_trace_ctx *t = loom_trace_current();
+    snprintf(j->seen_trace, sizeof(j->seen_trace), "%s", t ? t->trace_hex : "none");
+}
+
+static void ctx_done(struct loom_work *w, loom_err status)
+{
+    LOOM_UNUSED(status);
+    struct ctx_job *j = LOOM_CONTAINER_OF(w, struct ctx_job, w);
+    loom_loop_stop(j->loop);
+}
+
+static void test_pool_context(void)
+{
+    struct loom_loop *loop = loom_loop_new();
+    struct loom_pool *pool = loom_pool_new(1, 0);
+    struct loom_trace_ctx tc;
+    loom_trace_child(NULL, &tc);
+    loom_log_set_service("registry");
+    loom_trace_set_current(&tc);
+    struct ctx_job j = { .loop = loop };
+    CHECK_INT(loom_pool_submit(pool, loop, &j.w, ctx_work, ctx_done), LOOM_OK);
+    loom_trace_set_current(NULL);
+    loom_log_set_service("loom");
+    loom_loop_run(loop);
+    CHECK_STR(j.seen_svc, "registry");
+    CHECK_STR(j.seen_trace, tc.trace_hex);
+    /* The next job without a context does not inherit the last one's. */
+    struct ctx_job k = { .loop = loop };
+    CHECK_INT(loom_pool_submit(pool, loop, &k.w, ctx_work, ctx_done), LOOM_OK);
+    loom_loop_run(loop);
+    CHECK_STR(k.seen_svc, "loom");
+    CHECK_STR(k.seen_trace, "none");
+    loom_pool_free(pool);
+    loom_loop_free(loop);
+}
+
 int main(void)
 {
     int sigs[] = { SIGUSR1, 0 };
@@ -441,5 +492,6 @@ int main(void)
     RUN(test_signal);
     RUN(test_pool);
     RUN(test_pool_cancel_and_bound);
+    RUN(test_pool_context);
     return check_report();
 }
