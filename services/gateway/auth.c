@@ -211,10 +211,19 @@ static void on_jwks_timer(struct loom_timer *t)
 {
     struct gw_loop *gl = LOOM_CONTAINER_OF(t, struct gw_loop, jwks_timer);
     struct gw_service *gw = gl->gw;
-    jwks_fetch(gl, true);
-    /* Until the first set is in, try every second; then every --gateway.jwks-refresh. */
-    bool loaded = atomic_load(&gw->auth.loaded);
-    loom_timer_start(t, loaded ? gw->conf->jwks_refresh : LOOM_NS_PER_SEC, 0);
+    /* Until the first set is in, try every second; then every --gateway.jwks-refresh (a fetch
+     * that is still running when the second check comes counts as this period's). */
+    if (!atomic_load(&gw->auth.loaded)) {
+        jwks_fetch(gl, true);
+        loom_timer_start(t, LOOM_NS_PER_SEC, 0);
+        return;
+    }
+    uint64_t now = loom_now_ns(), last = atomic_load(&gw->auth.last_fetch_ns);
+    if (now - last >= gw->conf->jwks_refresh)
+        jwks_fetch(gl, true);
+    last = atomic_load(&gw->auth.last_fetch_ns);
+    uint64_t next = last + gw->conf->jwks_refresh;
+    loom_timer_start(t, next > now ? next - now : gw->conf->jwks_refresh, 0);
 }
 
 void gw_auth_start(struct gw_loop *gl)

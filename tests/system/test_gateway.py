@@ -211,7 +211,8 @@ class Backends:
         return self
 
     def addr(self, svc):
-        return f"127.0.0.1:{self.proc.ports[svc]}"
+        """The service's address, or a closed port if this process does not run it."""
+        return f"127.0.0.1:{self.proc.ports.get(svc) or closed_port()}"
 
     def identity_db(self):
         return os.path.join(self.proc.data_dir, "identity.db")
