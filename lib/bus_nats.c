@@ -46,8 +46,9 @@ struct nb_bus {
     int64_t max_age_ns, max_bytes, dup_window_ns, dlq_max_age_ns;
     int64_t replicas;
     int64_t timeout_ms;
-    pthread_mutex_t mu; /* streams_ok, the free contexts */
+    pthread_mutex_t mu; /* streams_ok, closing, the free contexts */
     bool streams_ok;
+    bool closing;
     struct pubctx *free_ctx;
 };
 
@@ -96,8 +97,12 @@ static void on_reconnected(natsConnection *nc, void *closure)
 static void on_disconnected(natsConnection *nc, void *closure)
 {
     LOOM_UNUSED(nc);
-    LOOM_UNUSED(closure);
-    loom_log_warn("bus: disconnected from NATS; reconnecting");
+    struct nb_bus *b = closure;
+    pthread_mutex_lock(&b->mu);
+    bool closing = b->closing;
+    pthread_mutex_unlock(&b->mu);
+    if (!closing)
+        loom_log_warn("bus: disconnected from NATS; reconnecting");
 }
 
 static void on_connected(natsConnection *nc, void *closure)
@@ -205,6 +210,9 @@ static void nb_free(struct nb_bus *b)
         free(c);
     }
     jsCtx_Destroy(b->js);
+    pthread_mutex_lock(&b->mu);
+    b->closing = true;
+    pthread_mutex_unlock(&b->mu);
     if (b->nc) {
         natsConnection_Close(b->nc);
         natsConnection_Destroy(b->nc);
