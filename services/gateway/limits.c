@@ -247,18 +247,53 @@ static uint64_t ceil_sec(uint64_t ns)
     return (ns + LOOM_NS_PER_SEC - 1) / LOOM_NS_PER_SEC;
 }
 
+/* A small text builder for header values (no printf on the hot path). */
+struct hv {
+    char b[160];
+    size_t n;
+};
+
+static void hv_s(struct hv *h, const char *s)
+{
+    size_t l = strlen(s);
+    if (l > sizeof(h->b) - h->n - 1)
+        l = sizeof(h->b) - h->n - 1;
+    memcpy(h->b + h->n, s, l);
+    h->n += l;
+}
+
+static void hv_u(struct hv *h, uint64_t v)
+{
+    if (sizeof(h->b) - h->n > 21)
+        h->n += loom_u64_to_dec(v, h->b + h->n);
+}
+
 void gw_limits_headers(struct gw_req *g)
 {
     struct loom_http_req *req = g->req;
     double window = ceil(g->rl_rate.burst / g->rl_rate.per_sec);
     if (window < 1)
         window = 1;
-    loom_http_resp_headerf(req, "RateLimit-Policy", "\"%s\";q=%.0f;w=%.0f", g->rl_policy,
-                           g->rl_rate.burst, window);
-    loom_http_resp_headerf(req, "RateLimit", "\"%s\";r=%lld;t=%llu", g->rl_policy,
-                           (long long)g->rl.remaining, (unsigned long long)ceil_sec(g->rl.reset));
+    struct hv h = { .n = 0 };
+    hv_s(&h, "\"");
+    hv_s(&h, g->rl_policy);
+    hv_s(&h, "\";q=");
+    hv_u(&h, (uint64_t)g->rl_rate.burst);
+    hv_s(&h, ";w=");
+    hv_u(&h, (uint64_t)window);
+    loom_http_resp_header(req, "RateLimit-Policy", loom_str_make(h.b, h.n));
+    h.n = 0;
+    hv_s(&h, "\"");
+    hv_s(&h, g->rl_policy);
+    hv_s(&h, "\";r=");
+    hv_u(&h, (uint64_t)(g->rl.remaining > 0 ? g->rl.remaining : 0));
+    hv_s(&h, ";t=");
+    hv_u(&h, ceil_sec(g->rl.reset));
+    loom_http_resp_header(req, "RateLimit", loom_str_make(h.b, h.n));
     if (!g->rl.allowed) {
-        uint64_t s = ceil_sec(g->rl.retry_after);
-        loom_http_resp_headerf(req, "Retry-After", "%llu", (unsigned long long)(s ? s : 1));
+        uint64_t sec = ceil_sec(g->rl.retry_after);
+        h.n = 0;
+        hv_u(&h, sec ? sec : 1);
+        loom_http_resp_header(req, "Retry-After", loom_str_make(h.b, h.n));
     }
 }

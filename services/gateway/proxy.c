@@ -591,6 +591,11 @@ static bool tensor_ok(struct gw_req *g)
     uint64_t n;
     if (hl.len && loom_str_to_u64(hl, &n) == LOOM_OK && n <= body.len)
         body.len = (size_t)n; /* binary tensor extension: the JSON header comes first */
+    /* A tensor carries at least a byte per element (JSON: a digit; binary: UINT8 or BOOL), so a
+     * body no larger than the cap cannot hold a tensor over it: only larger ones are scanned
+     * (a shape that claims more than its data is inference's 400 to give). */
+    if (g->body_len <= (uint64_t)g->gw->conf->max_tensor_elements)
+        return true;
     uint64_t el = max_shape_elements(body);
     if (el > (uint64_t)g->gw->conf->max_tensor_elements) {
         gw_problem(g, 413, "a tensor of %" PRIu64 " elements is over the limit of %" PRId64, el,
@@ -689,23 +694,60 @@ static void dispatch(struct gw_req *g)
 
 /* ---- forwarding ---- */
 
-static bool is_hop_by_hop(struct loom_str name)
+enum {
+    F_HOP = 1,       /* hop-by-hop (RFC 9110 7.6.1): never forwarded, either way */
+    F_OWNED = 2,     /* a request field the gateway sets itself: the client's is dropped */
+    F_RESP_SKIP = 4, /* a response field the server or the edge writes */
+    F_AUTH = 8,      /* Authorization: forwarded to identity only */
+};
+
+/* What a field name is to the proxy: one switch on the length, then one or two
+ * case-insensitive compares (every forwarded field goes through here, both ways). */
+static unsigned field_flags(struct loom_str n)
 {
-    static const struct loom_str hop[] = {
-        LOOM_STR("connection"),
-        LOOM_STR("keep-alive"),
-        LOOM_STR("proxy-connection"),
-        LOOM_STR("te"),
-        LOOM_STR("trailer"),
-        LOOM_STR("transfer-encoding"),
-        LOOM_STR("upgrade"),
-        LOOM_STR("proxy-authenticate"),
-        LOOM_STR("proxy-authorization"),
-    };
-    for (size_t i = 0; i < LOOM_ARRAY_SIZE(hop); i++)
-        if (loom_str_ieq(name, hop[i]))
-            return true;
-    return false;
+#define IS(lit) loom_str_ieq(n, LOOM_STR(lit))
+    switch (n.len) {
+    case 2:
+        return IS("te") ? F_HOP : 0;
+    case 3:
+        return IS("via") ? F_OWNED | F_RESP_SKIP : 0;
+    case 4:
+        return IS("host") ? F_OWNED : IS("date") ? F_RESP_SKIP : 0;
+    case 6:
+        return IS("server") ? F_RESP_SKIP : 0;
+    case 7:
+        return IS("upgrade") || IS("trailer") ? F_HOP : 0;
+    case 9:
+        return IS("ratelimit") ? F_RESP_SKIP : 0;
+    case 10:
+        return IS("connection") || IS("keep-alive") ? F_HOP : 0;
+    case 11:
+        return IS("traceparent") ? F_OWNED : 0;
+    case 12:
+        return IS("x-request-id") ? F_OWNED | F_RESP_SKIP : IS("content-type") ? F_RESP_SKIP : 0;
+    case 13:
+        return IS("authorization") ? F_AUTH : 0;
+    case 14:
+        return IS("content-length") ? F_RESP_SKIP : IS("loom-client-id") ? F_OWNED : 0;
+    case 15:
+        return IS("x-forwarded-for") ? F_OWNED : 0;
+    case 16:
+        return IS("x-forwarded-host") || IS("loom-deadline-ms") ? F_OWNED
+               : IS("proxy-connection")                         ? F_HOP
+               : IS("ratelimit-policy")                         ? F_RESP_SKIP
+                                                                : 0;
+    case 17:
+        return IS("transfer-encoding") ? F_HOP : IS("x-forwarded-proto") ? F_OWNED : 0;
+    case 18:
+        return IS("proxy-authenticate") ? F_HOP : IS("loom-model-version") ? F_OWNED : 0;
+    case 19:
+        return IS("proxy-authorization") ? F_HOP : 0;
+    case 27:
+        return IS("access-control-allow-origin") ? F_RESP_SKIP : 0;
+    default:
+        return 0;
+    }
+#undef IS
 }
 
 /* Whether `name` is one of the comma-separated tokens of the Connection fields. */
@@ -725,56 +767,31 @@ static bool named_by_connection(const struct loom_http_header *h, size_t n, stru
     return false;
 }
 
-static bool has_connection(const struct loom_http_header *h, size_t n)
+/* Whether a Connection field names anything but the usual keep-alive/close. */
+static bool connection_names_fields(const struct loom_http_header *h, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (h[i].name.len == 10 && loom_str_ieq(h[i].name, LOOM_STR("connection")))
+        if (h[i].name.len == 10 && loom_str_ieq(h[i].name, LOOM_STR("connection")) &&
+            !loom_str_ieq(h[i].value, LOOM_STR("keep-alive")) &&
+            !loom_str_ieq(h[i].value, LOOM_STR("close")))
             return true;
     return false;
 }
 
-/* Request fields the gateway sets itself (a client's copies are dropped). */
-static bool gateway_owned(struct loom_str name)
+/* Concatenate slices into the arena (no printf on the hot path). */
+static struct loom_str cat(struct loom_arena *a, const struct loom_str *parts, size_t n)
 {
-    static const struct loom_str own[] = {
-        LOOM_STR("host"),
-        LOOM_STR("x-request-id"),
-        LOOM_STR("traceparent"),
-        LOOM_STR("loom-deadline-ms"),
-        LOOM_STR("loom-client-id"),
-        LOOM_STR("x-forwarded-for"),
-        LOOM_STR("x-forwarded-host"),
-        LOOM_STR("x-forwarded-proto"),
-        LOOM_STR("via"),
-        LOOM_STR("loom-model-version"),
-    };
-    for (size_t i = 0; i < LOOM_ARRAY_SIZE(own); i++)
-        if (loom_str_ieq(name, own[i]))
-            return true;
-    return false;
-}
-
-static char *arena_printf(struct loom_arena *a, size_t *len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static char *arena_printf(struct loom_arena *a, size_t *len, const char *fmt, ...)
-{
-    char tmp[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        n = 0;
-    if ((size_t)n >= sizeof(tmp)) {
-        char *p = loom_arena_alloc(a, (size_t)n + 1);
-        va_start(ap, fmt);
-        vsnprintf(p, (size_t)n + 1, fmt, ap);
-        va_end(ap);
-        *len = (size_t)n;
-        return p;
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++)
+        len += parts[i].len;
+    char *p = loom_arena_alloc(a, len + 1), *q = p;
+    for (size_t i = 0; i < n; i++) {
+        if (parts[i].len)
+            memcpy(q, parts[i].ptr, parts[i].len);
+        q += parts[i].len;
     }
-    *len = (size_t)n;
-    return loom_arena_memdup(a, tmp, (size_t)n + 1);
+    *q = '\0';
+    return loom_str_make(p, len);
 }
 
 static void on_client_abort(void *arg)
@@ -794,41 +811,46 @@ static void proxy(struct gw_req *g)
     struct loom_arena *a = req->arena;
     size_t nin = req->nheaders;
     const struct loom_http_header *in = req->headers;
-    bool conn_named = has_connection(in, nin);
+    bool conn_named = connection_names_fields(in, nin);
+    bool to_identity = g->rule->upstream == GW_UP_IDENTITY;
     struct loom_http_header *h = loom_arena_alloc(a, (nin + 10) * sizeof(*h));
     size_t n = 0;
     struct loom_str xff = LOOM_STR_NULL, via = LOOM_STR_NULL, host = LOOM_STR_NULL;
     for (size_t i = 0; i < nin; i++) {
         struct loom_str name = in[i].name;
-        if (is_hop_by_hop(name) || (conn_named && named_by_connection(in, nin, name)))
+        unsigned f = field_flags(name);
+        if ((f & F_HOP) || (conn_named && named_by_connection(in, nin, name)))
             continue;
-        if (gateway_owned(name)) {
-            if (loom_str_ieq(name, LOOM_STR("x-forwarded-for")))
+        if (f & F_OWNED) {
+            if (name.len == 15)
                 xff = in[i].value;
-            else if (loom_str_ieq(name, LOOM_STR("via")))
+            else if (name.len == 3)
                 via = in[i].value;
-            else if (loom_str_ieq(name, LOOM_STR("host")))
+            else if (name.len == 4)
                 host = in[i].value;
             continue;
         }
+        /* The token stays at the edge: the services behind it trust Loom-Client-Id. Identity
+         * checks its admin tokens itself, so it gets them. */
+        if ((f & F_AUTH) && !to_identity)
+            continue;
         h[n++] = in[i];
     }
-    size_t len;
-    char *v;
     const char *peer = loom_http_req_peer(req);
     const char *colon = strrchr(peer, ':');
     size_t plen = colon ? (size_t)(colon - peer) : strlen(peer);
     if (plen >= 2 && peer[0] == '[')
         peer++, plen -= 2; /* [v6]:port -> v6 */
-    v = xff.len ? arena_printf(a, &len, "%.*s, %.*s", LOOM_STR_FMT(xff), (int)plen, peer)
-                : arena_printf(a, &len, "%.*s", (int)plen, peer);
-    h[n++] = (struct loom_http_header){ LOOM_STR("X-Forwarded-For"), loom_str_make(v, len) };
+    struct loom_str ip = loom_str_make(peer, plen);
+    struct loom_str xparts[] = { xff, LOOM_STR(", "), ip };
+    h[n++] =
+        (struct loom_http_header){ LOOM_STR("X-Forwarded-For"), xff.len ? cat(a, xparts, 3) : ip };
     if (host.len)
         h[n++] = (struct loom_http_header){ LOOM_STR("X-Forwarded-Host"), host };
     h[n++] = (struct loom_http_header){ LOOM_STR("X-Forwarded-Proto"), LOOM_STR("http") };
-    v = via.len ? arena_printf(a, &len, "%.*s, 1.1 loom-gateway", LOOM_STR_FMT(via))
-                : arena_printf(a, &len, "1.1 loom-gateway");
-    h[n++] = (struct loom_http_header){ LOOM_STR("Via"), loom_str_make(v, len) };
+    struct loom_str vparts[] = { via, LOOM_STR(", 1.1 loom-gateway") };
+    h[n++] = (struct loom_http_header){ LOOM_STR("Via"), via.len ? cat(a, vparts, 2)
+                                                                 : LOOM_STR("1.1 loom-gateway") };
     h[n++] = (struct loom_http_header){ LOOM_STR("X-Request-Id"),
                                         loom_str_make(g->request_id, g->request_id_len) };
     char *tp = loom_arena_alloc(a, LOOM_TRACEPARENT_SIZE);
@@ -837,8 +859,9 @@ static void proxy(struct gw_req *g)
     uint64_t now = loom_loop_now(req->loop);
     uint64_t left_ms =
         g->deadline > now ? (g->deadline - now + LOOM_NS_PER_MS - 1) / LOOM_NS_PER_MS : 1;
-    v = arena_printf(a, &len, "%" PRIu64, left_ms);
-    h[n++] = (struct loom_http_header){ LOOM_STR("Loom-Deadline-Ms"), loom_str_make(v, len) };
+    char *dl = loom_arena_alloc(a, 24);
+    h[n++] = (struct loom_http_header){ LOOM_STR("Loom-Deadline-Ms"),
+                                        loom_str_make(dl, loom_u64_to_dec(left_ms, dl)) };
     if (g->authed)
         h[n++] = (struct loom_http_header){ LOOM_STR("Loom-Client-Id"),
                                             loom_str_cstr(g->who.client_id) };
@@ -847,9 +870,9 @@ static void proxy(struct gw_req *g)
     if (!target.len) {
         target = req->target;
         if (target.len && target.ptr[0] != '/') { /* absolute-form: forward origin-form */
-            char *t = arena_printf(a, &len, "%.*s%s%.*s", LOOM_STR_FMT(req->path),
-                                   req->query.len ? "?" : "", LOOM_STR_FMT(req->query));
-            target = loom_str_make(t, len);
+            struct loom_str tparts[] = { req->path, req->query.len ? LOOM_STR("?") : LOOM_STR(""),
+                                         req->query };
+            target = cat(a, tparts, 3);
         }
     }
     struct loom_http_request ur = {
@@ -876,36 +899,15 @@ static void proxy(struct gw_req *g)
     loom_http_req_on_abort(req, on_client_abort, g);
 }
 
-/* Response fields not copied from the upstream: hop-by-hop ones, those the server writes, and
- * those the edge sets. */
-static bool skip_response_field(struct loom_str name)
-{
-    static const struct loom_str skip[] = {
-        LOOM_STR("content-length"),
-        LOOM_STR("date"),
-        LOOM_STR("server"),
-        LOOM_STR("content-type"),
-        LOOM_STR("x-request-id"),
-        LOOM_STR("ratelimit"),
-        LOOM_STR("ratelimit-policy"),
-        LOOM_STR("via"),
-        LOOM_STR("access-control-allow-origin"),
-    };
-    if (is_hop_by_hop(name))
-        return true;
-    for (size_t i = 0; i < LOOM_ARRAY_SIZE(skip); i++)
-        if (loom_str_ieq(name, skip[i]))
-            return true;
-    return false;
-}
-
 static void on_upstream(struct loom_http_response *resp, void *arg)
 {
     struct gw_req *g = arg;
     struct loom_http_req *req = g->req;
     g->in_call = false;
     g->attempts = resp->attempts;
-    snprintf(g->upstream_addr, sizeof(g->upstream_addr), "%s", resp->address);
+    size_t alen = LOOM_MIN(strlen(resp->address), sizeof(g->upstream_addr) - 1);
+    memcpy(g->upstream_addr, resp->address, alen);
+    g->upstream_addr[alen] = '\0';
     if (resp->err) {
         gw_idem_finish(g, 0, NULL, 0, LOOM_STR_NULL);
         const char *up = gw_upstream_names[g->rule->upstream];
@@ -932,7 +934,7 @@ static void on_upstream(struct loom_http_response *resp, void *arg)
         }
     }
     const char *ctype = NULL;
-    bool conn_named = has_connection(resp->headers, resp->nheaders);
+    bool conn_named = connection_names_fields(resp->headers, resp->nheaders);
     struct loom_str via = LOOM_STR_NULL;
     for (size_t i = 0; i < resp->nheaders; i++) {
         const struct loom_http_header *hd = &resp->headers[i];
@@ -940,9 +942,10 @@ static void on_upstream(struct loom_http_response *resp, void *arg)
             ctype = loom_arena_strndup(req->arena, hd->value.ptr, hd->value.len);
             continue;
         }
-        if (loom_str_ieq(hd->name, LOOM_STR("via")))
+        unsigned f = field_flags(hd->name);
+        if (hd->name.len == 3 && (f & F_OWNED))
             via = hd->value;
-        if (skip_response_field(hd->name) ||
+        if ((f & (F_HOP | F_RESP_SKIP)) ||
             (conn_named && named_by_connection(resp->headers, resp->nheaders, hd->name)))
             continue;
         char name[128];
@@ -951,10 +954,9 @@ static void on_upstream(struct loom_http_response *resp, void *arg)
         name[nl] = '\0';
         loom_http_resp_header(req, name, hd->value);
     }
-    if (via.len)
-        loom_http_resp_headerf(req, "Via", "%.*s, 1.1 loom-gateway", LOOM_STR_FMT(via));
-    else
-        loom_http_resp_header(req, "Via", LOOM_STR("1.1 loom-gateway"));
+    struct loom_str vparts[] = { via, LOOM_STR(", 1.1 loom-gateway") };
+    loom_http_resp_header(req, "Via",
+                          via.len ? cat(req->arena, vparts, 2) : LOOM_STR("1.1 loom-gateway"));
     if (g->idem_claimed)
         gw_idem_finish(g, resp->status, resp->headers, resp->nheaders, resp->body);
     if (resp->body.len >= SMALL_BODY) {
