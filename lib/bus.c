@@ -259,6 +259,12 @@ static loom_err check_group(const char *group, struct loom_error *err)
     return LOOM_OK;
 }
 
+loom_err loom_bus_group_list(struct loom_bus *bus, loom_bus_group_fn fn, void *arg,
+                             struct loom_error *err)
+{
+    return bus->type->group_list(bus, fn, arg, err);
+}
+
 loom_err loom_bus_group_info(struct loom_bus *bus, const char *group,
                              struct loom_bus_group_info *out, struct loom_error *err)
 {

@@ -767,6 +767,26 @@ static void nb_settle(struct loom_bus_sub *sub, struct loom_bus_msg *const *msgs
 
 /* ---- groups and the dead letter ---- */
 
+static loom_err nb_group_list(struct loom_bus *bus, loom_bus_group_fn fn, void *arg,
+                              struct loom_error *err)
+{
+    struct nb_bus *b = loom_bus_impl(bus);
+    loom_err e = ensure_streams(b, err);
+    if (e)
+        return e;
+    jsConsumerNamesList *list = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_ConsumerNames(&list, b->js, b->stream, NULL, &jerr);
+    if (s == NATS_NOT_FOUND)
+        return LOOM_OK;
+    if (s != NATS_OK)
+        return nats_error(s, jerr, err, "list groups");
+    for (int i = 0; i < list->Count && !e; i++)
+        e = fn(list->List[i], arg);
+    jsConsumerNamesList_Destroy(list);
+    return e;
+}
+
 static loom_err nb_group_info(struct loom_bus *bus, const char *group,
                               struct loom_bus_group_info *out, struct loom_error *err)
 {
@@ -972,6 +992,7 @@ const struct loom_bus_type loom_bus_nats = {
     .settle = nb_settle,
     .release = nb_release,
     .wake = nb_wake,
+    .group_list = nb_group_list,
     .group_info = nb_group_info,
     .group_reset = nb_group_reset,
     .parked_list = nb_parked_list,

@@ -885,6 +885,26 @@ static int64_t scalar(sqlite3 *db, const char *sql, const char *group)
     return v;
 }
 
+static loom_err sq_group_list(struct loom_bus *bus, loom_bus_group_fn fn, void *arg,
+                              struct loom_error *err)
+{
+    struct sq_bus *b = loom_bus_impl(bus);
+    pthread_mutex_lock(&b->mu);
+    sqlite3_stmt *st;
+    loom_err e = prep(b->db, "SELECT name FROM bus_groups ORDER BY name", &st, err);
+    if (!e) {
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW &&
+               !(e = fn((const char *)sqlite3_column_text(st, 0), arg)))
+            ;
+        if (!e && rc != SQLITE_DONE)
+            e = sq_error(b->db, rc, err, "list groups");
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return e;
+}
+
 static loom_err sq_group_info(struct loom_bus *bus, const char *group,
                               struct loom_bus_group_info *out, struct loom_error *err)
 {
@@ -1084,6 +1104,7 @@ const struct loom_bus_type loom_bus_sqlite = {
     .settle = sq_settle,
     .release = sq_release,
     .wake = sq_wake,
+    .group_list = sq_group_list,
     .group_info = sq_group_info,
     .group_reset = sq_group_reset,
     .parked_list = sq_parked_list,

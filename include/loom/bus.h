@@ -213,6 +213,12 @@ struct loom_bus_group_info {
     uint64_t parked;  /* events in the group's dead letter */
 };
 
+/* Call fn(name, arg) for every group the bus knows; a non-OK return stops and is returned.
+ * Blocking. */
+typedef loom_err (*loom_bus_group_fn)(const char *name, void *arg);
+loom_err loom_bus_group_list(struct loom_bus *bus, loom_bus_group_fn fn, void *arg,
+                             struct loom_error *err);
+
 /* The state of a group. LOOM_ENOTFOUND if there is no such group. Blocking. */
 loom_err loom_bus_group_info(struct loom_bus *bus, const char *group,
                              struct loom_bus_group_info *out, struct loom_error *err);
@@ -279,6 +285,8 @@ struct loom_bus_type {
     void (*release)(struct loom_bus_sub *sub, struct loom_bus_msg *msg);
     /* Any thread: make a waiting fetch return soon. */
     void (*wake)(struct loom_bus_sub *sub);
+    loom_err (*group_list)(struct loom_bus *bus, loom_bus_group_fn fn, void *arg,
+                           struct loom_error *err);
     loom_err (*group_info)(struct loom_bus *bus, const char *group, struct loom_bus_group_info *out,
                            struct loom_error *err);
     loom_err (*group_reset)(struct loom_bus *bus, const char *group, uint64_t seq, int64_t time_ns,

@@ -541,6 +541,21 @@ static void test_reopen_keeps_position(void)
     seen_release(&s);
 }
 
+static loom_err count_group(const char *name, void *arg)
+{
+    if (strcmp(name, "t1") == 0 || strcmp(name, "t2a") == 0)
+        (*(int *)arg)++;
+    return LOOM_OK;
+}
+
+static void test_group_list(void)
+{
+    int found = 0;
+    struct loom_error err = { 0 };
+    CHECK_INT(loom_bus_group_list(g_bus, count_group, &found, &err), LOOM_OK);
+    CHECK_INT(found, 2);
+}
+
 static void test_refusals(void)
 {
     struct loom_error err = { 0 };
@@ -582,6 +597,7 @@ static void run_suite(const char *url)
     RUN(test_loop_mode_later);
     RUN(test_prompt_wakeup);
     RUN(test_reopen_keeps_position);
+    RUN(test_group_list);
     RUN(test_refusals);
     loom_bus_close(g_bus);
 }
