@@ -131,6 +131,8 @@ void gw_json(struct gw_req *g, int status, struct loom_buf *b)
 }
 
 static void problem_v(struct gw_req *g, int status, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static void problem_v(struct gw_req *g, int status, const char *fmt, va_list ap)
 {
     char detail[512];
     vsnprintf(detail, sizeof(detail), fmt, ap);
