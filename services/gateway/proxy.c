@@ -32,7 +32,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SMALL_BODY (64 * 1024) /* refusals read a body up to this size to keep the connection */
+#define SMALL_BODY  (64 * 1024) /* refusals read a body up to this size to keep the connection */
+#define LINGER_BODY (16u << 20) /* a body over its limit is read and dropped up to this size */
 #define EXPOSE_HDRS                                                                           \
     "X-Request-Id, RateLimit, RateLimit-Policy, Retry-After, Idempotent-Replayed, Location, " \
     "Loom-Model-Version, WWW-Authenticate"
@@ -331,6 +332,49 @@ static const char *www_value(struct gw_req *g, const char *error, const char *de
     return v;
 }
 
+/* After the limits of an authenticated request: refused (429), or the scope (403), or on. */
+static void after_auth_limits(struct gw_req *g, bool allowed)
+{
+    if (g->responded)
+        return;
+    const struct gw_rule *rule = g->rule;
+    if (allowed && rule->access == GW_SCOPE && !(g->who.scopes & rule->scope)) {
+        const char *scope = gw_scope_name(rule->scope);
+        size_t n = strlen(scope) + 128;
+        char *v = loom_arena_alloc(g->req->arena, n);
+        snprintf(v, n,
+                 "Bearer realm=\"loom\", error=\"insufficient_scope\", scope=\"%s\", "
+                 "error_description=\"this route needs the %s scope\"",
+                 scope, scope);
+        refuse(g, 403, v, "this route needs the %s scope", scope);
+        return;
+    }
+    after_limits(g, allowed);
+}
+
+/* After the address's limit of a request whose credentials were refused: a client guessing
+ * tokens is slowed down like any anonymous one (429), else it gets its 401. */
+static void after_refusal_limits(struct gw_req *g, bool allowed)
+{
+    if (g->responded)
+        return;
+    if (!allowed) {
+        after_limits(g, false);
+        return;
+    }
+    char detail[sizeof(g->fail_detail)];
+    memcpy(detail, g->fail_detail, sizeof(detail));
+    refuse(g, g->fail_status, g->fail_www, "%s", detail);
+}
+
+static void refuse_after_limits(struct gw_req *g, const char *www, const char *detail)
+{
+    g->fail_status = 401;
+    g->fail_www = www;
+    snprintf(g->fail_detail, sizeof(g->fail_detail), "%s", detail);
+    gw_limits_check(g, after_refusal_limits);
+}
+
 static void authenticate(struct gw_req *g, bool may_wait)
 {
     const char *why = "";
@@ -339,12 +383,15 @@ static void authenticate(struct gw_req *g, bool may_wait)
     case GW_AUTH_OK:
         break;
     case GW_AUTH_MISSING:
-        refuse(g, 401, "Bearer realm=\"loom\"",
-               "a bearer token is required (Authorization: Bearer ...)");
+        refuse_after_limits(g, "Bearer realm=\"loom\"",
+                            "a bearer token is required (Authorization: Bearer ...)");
         return;
-    case GW_AUTH_INVALID:
-        refuse(g, 401, www_value(g, "invalid_token", why), "invalid token: %s", why);
+    case GW_AUTH_INVALID: {
+        char detail[200];
+        snprintf(detail, sizeof(detail), "invalid token: %s", why);
+        refuse_after_limits(g, www_value(g, "invalid_token", why), detail);
         return;
+    }
     case GW_AUTH_NOT_READY:
         loom_http_resp_header(g->req, "Retry-After", LOOM_STR("1"));
         refuse(g, 503, NULL, "the gateway has not loaded identity's signing keys yet");
@@ -359,19 +406,7 @@ static void authenticate(struct gw_req *g, bool may_wait)
         return;
     }
     g->authed = true;
-    const struct gw_rule *rule = g->rule;
-    if (rule->access == GW_SCOPE && !(g->who.scopes & rule->scope)) {
-        const char *scope = gw_scope_name(rule->scope);
-        size_t n = strlen(scope) + 128;
-        char *v = loom_arena_alloc(g->req->arena, n);
-        snprintf(v, n,
-                 "Bearer realm=\"loom\", error=\"insufficient_scope\", scope=\"%s\", "
-                 "error_description=\"this route needs the %s scope\"",
-                 scope, scope);
-        refuse(g, 403, v, "this route needs the %s scope", scope);
-        return;
-    }
-    gw_limits_check(g, after_limits);
+    gw_limits_check(g, after_auth_limits);
 }
 
 /* ---- the pipeline ---- */
@@ -478,8 +513,17 @@ static void after_limits(struct gw_req *g, bool allowed)
     }
     g->body_max = kind_body_max(g->gw->conf, g->rule->kind);
     if (clen != UINT64_MAX && clen > g->body_max) {
-        gw_problem(g, 413, "the body of %" PRIu64 " bytes is over this route's limit of %zu", clen,
-                   g->body_max);
+        /* A body not much over the limit is read and dropped first, so that the client (still
+         * sending) reads the 413 rather than a reset; a huge one is answered at once. */
+        snprintf(g->fail_detail, sizeof(g->fail_detail),
+                 "the body of %" PRIu64 " bytes is over this route's limit of %zu", clen,
+                 g->body_max);
+        g->fail_status = 413;
+        g->fail_www = NULL;
+        if (clen <= LINGER_BODY)
+            loom_http_req_read_body(req, drop_data, drop_end, g);
+        else
+            answer_refusal(g);
         return;
     }
     read_body(g, clen);

@@ -67,6 +67,7 @@ def env(tmp_path_factory):
     b = Backends(tmp).start()
     echo = EchoUpstream()
     g = Gateway(tmp, b, "--gateway.rate-limit=100000/s:100000", "--gateway.leeway=30s",
+                "--gateway.anonymous-rate-limit=100000/s:100000",
                 "--gateway.jwks-refresh=1h", "--gateway.jwks-min-refresh=5s",
                 ingest=echo.addr).start()
     db = sqlite3.connect(f"file:{b.identity_db()}?mode=ro", uri=True)
@@ -246,6 +247,22 @@ def test_other_schemes_and_missing_credentials(env):
     # the scheme is case-insensitive (RFC 9110 11.1); surrounding spaces are fine
     assert get_models(g, tok, "bearer").status_code == 200
     assert get_models(g, tok + "  ", "BEARER").status_code == 200
+
+
+def test_token_guessing_is_rate_limited(env, tmp_path):
+    """Refused credentials count against the client's address (the anonymous limit)."""
+    g = Gateway(tmp_path, env["backends"], "--gateway.anonymous-rate-limit=1/m:5",
+                name="gwguess").start()
+    try:
+        codes = [get_models(g, f"guess.{i}.x").status_code for i in range(8)]
+        assert codes[:5] == [401] * 5 and codes[5:] == [429] * 3, codes
+        r = get_models(g, "guess.9.x")
+        assert r.headers["RateLimit-Policy"].startswith('"address";q=5')
+        assert int(r.headers["Retry-After"]) > 1
+        # a valid token is not affected: it counts against its client
+        assert get_models(g, env["gw"].token("models:read")).status_code == 200
+    finally:
+        g.stop()
 
 
 def test_valid_tokens_are_accepted(env):
