@@ -100,7 +100,7 @@ const char *gw_scope_name(unsigned bit)
     X(GET, "/api/v1/streams", INGEST, GW_SCOPE, IG, API, "streams", NULL)                         \
     X(POST, "/api/v1/streams", INGEST, GW_SCOPE, IG, API, "streams", NULL)                        \
     X(GET, "/api/v1/streams/{rest...}", INGEST, GW_SCOPE, IG, API, "streams", NULL)               \
-    X(POST, "/api/v1/streams/{rest...}", INGEST, GW_SCOPE, IG, API, "streams", NULL)              \
+    X(POST, "/api/v1/streams/{rest...}", INGEST, GW_SCOPE, IG, UPLOAD, "streams", NULL)           \
     X(PUT, "/api/v1/streams/{rest...}", INGEST, GW_SCOPE, IG, API, "streams", NULL)               \
     X(DELETE, "/api/v1/streams/{rest...}", INGEST, GW_SCOPE, IG, API, "streams", NULL)            \
     /* inference (KServe v2) */                                                                   \

@@ -33,6 +33,7 @@ import pytest
 import requests
 
 from conftest import LOOM_BIN, REPO, clean_env, free_port
+from registry_fixtures import postgres  # noqa: F401 (a real PostgreSQL for the shared store)
 
 SANITIZED = os.environ.get("LOOM_SANITIZED") == "1"
 SLOW = 4.0 if SANITIZED else 1.0
@@ -492,9 +493,12 @@ def test_bodies_forwarded_whole(gw):
             yield body[i:i + 65536]
     r = gw.req("POST", "/api/v1/streams/b/events", scope="ingest", data=gen())
     assert r.status_code == 200 and r.json()["body_len"] == len(body)
-    # over the API limit (1 MiB): 413 before the upstream sees it
-    r = gw.req("POST", "/api/v1/streams/b/events", scope="ingest", data=b"x" * (1024 * 1024 + 1))
+    # over the platform API's limit (1 MiB): 413 before the upstream sees it (event batches
+    # are uploads: their limit is --gateway.max-upload-body)
+    r = gw.req("POST", "/api/v1/models", scope="models:write", data=b"x" * (1024 * 1024 + 1))
     assert r.status_code == 413
+    r = gw.req("POST", "/api/v1/streams/b/events", scope="ingest", data=b"x" * (3 << 20))
+    assert r.status_code == 200 and r.json()["body_len"] == 3 << 20
     # a large answer comes back intact
     r = gw.req("GET", "/api/v1/streams/big?big=6000000", scope="ingest")
     assert r.status_code == 200 and len(r.content) == 6000000
@@ -872,6 +876,33 @@ def test_traffic_splits(gw, gateways, backends):
     assert gw.req("DELETE", f"/api/v1/traffic/{MODEL}").status_code == 204
     assert gw.req("GET", f"/api/v1/traffic/{MODEL}").status_code == 404
     assert gw.req("DELETE", f"/api/v1/traffic/{MODEL}").status_code == 404
+
+
+def test_splits_and_flags_shared_on_postgres(gateways, request):
+    """Two replicas on one PostgreSQL store: a change made through one is routed by the other
+    within a poll interval, and survives a restart."""
+    pg = request.getfixturevalue("postgres")
+    url = pg.new_database()
+    a = gateways(f"--gateway.store={url}")
+    b = gateways(f"--gateway.store={url}")
+    b.tokens = a.tokens
+    r = a.req("PUT", f"/api/v1/traffic/{MODEL}", json={"splits": [{"version": 2, "weight": 1}]})
+    assert r.status_code == 200, r.text
+    r = b.req("POST", "/api/v1/flags", json={"name": "pg-flag", "percentage": 30})
+    assert r.status_code == 201, r.text
+    deadline = time.monotonic() + 5 * SLOW
+    while time.monotonic() < deadline:
+        if (b.req("GET", f"/api/v1/traffic/{MODEL}").status_code == 200 and
+                a.req("GET", "/api/v1/flags/pg-flag").status_code == 200):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the replicas did not see each other's changes")
+    assert {v for _, v in infer_versions(b, 10)} == {"2"}
+    a.stop()
+    a.start()
+    assert a.req("GET", "/api/v1/flags/pg-flag").json()["percentage"] == 30
+    assert a.req("DELETE", f"/api/v1/traffic/{MODEL}").status_code == 204
 
 
 def test_flags(gw):
