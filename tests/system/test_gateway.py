@@ -735,7 +735,14 @@ V2 = [("GET", "/v2"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"),
       ("GET", "/v2/models/{model}"), ("GET", "/v2/models/{model}/ready"),
       ("POST", "/v2/models/{model}/infer"), ("GET", "/v2/models/{model}/versions/{version}"),
       ("POST", "/v2/models/{model}/versions/{version}/infer")]
-PROXIED_PREFIXES = ["/api/v1/models", "/api/v1/artifacts", "/api/v1/resolve/"]
+PROXIED_PREFIXES = ["/api/v1/models", "/api/v1/artifacts", "/api/v1/resolve/", "/api/v1/datasets",
+                    "/api/v1/training-jobs", "/api/v1/streams", "/api/v1/clients", "/oauth/token",
+                    "/.well-known/jwks.json"]
+# Services whose authors have not written their paths into api/openapi.yaml yet: tolerated
+# (and listed) until they do; a prefix documented here once is then checked like the others.
+PENDING_DOCS = {"/api/v1/datasets": "trainer", "/api/v1/training-jobs": "trainer",
+                "/api/v1/streams": "ingest", "/api/v1/clients": "identity",
+                "/oauth/token": "identity", "/.well-known/jwks.json": "identity"}
 
 
 def test_openapi_document(gw):
@@ -779,8 +786,11 @@ def test_openapi_document(gw):
     # every route the gateway answers itself, and the KServe paths
     for method, tpl in GATEWAY_OWN + V2:
         assert tpl in paths and method.lower() in paths[tpl], (method, tpl)
-    for p in PROXIED_PREFIXES:
-        assert any(t.startswith(p) for t in paths), p
+    missing = [p for p in PROXIED_PREFIXES if not any(t.startswith(p) for t in paths)]
+    assert set(missing) <= set(PENDING_DOCS), missing
+    if missing:
+        print(f"\n/openapi.json: not documented yet by their services: "
+              f"{', '.join(f'{p} ({PENDING_DOCS[p]})' for p in missing)}")
     # the public routes say so (security: [])
     assert paths["/openapi.json"]["get"].get("security") == []
     assert "bearerAuth" in doc["components"]["securitySchemes"]
