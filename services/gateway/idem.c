@@ -7,8 +7,9 @@
  * SHA-256). The same key with another body is a 422; the same key while the first request is
  * still in flight is a 409. Keys are per client (the token's client id, or the client's address
  * on public routes), so one client can neither see nor block another's. A 5xx answer, a
- * failure to reach the upstream, or an answer over --gateway.idempotency-max-response releases
- * the key instead (the request may be tried again). Claims a crashed gateway never finished
+ * failure to reach the upstream, an answer over --gateway.idempotency-max-response, or one marked
+ * Cache-Control: no-store (a token, a new client secret) releases the key instead (the request
+ * may be tried again; secrets are not kept). Claims a crashed gateway never finished
  * expire after an hour.
  *
  * The records live in memory (one table under a mutex: idempotent POSTs are not the hot path;
@@ -457,6 +458,12 @@ void gw_idem_finish(struct gw_req *g, int status, const struct loom_http_header 
     const struct gw_conf *conf = g->gw->conf;
     bool keep = status >= 200 && status < 500 && status != 408 && status != 429 &&
                 body.len <= conf->idempotency_max_response;
+    /* An answer the service marks no-store (a token, a client's new secret) is never kept: the
+     * key is released instead, and the secret is not held for a day in memory or on Redis. */
+    for (size_t i = 0; keep && i < nheaders; i++)
+        if (loom_str_ieq(headers[i].name, LOOM_STR("cache-control")) &&
+            memmem(headers[i].value.ptr, headers[i].value.len, "no-store", 8))
+            keep = false;
     char key[KEY_MAX + 96];
     size_t klen = scoped_key(g, key, sizeof(key));
     struct loom_buf rec;

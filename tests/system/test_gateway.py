@@ -598,6 +598,13 @@ def test_idempotency_key(gw, echo):
     # malformed key
     assert gw.req("POST", path, scope="ingest", data=body,
                   headers={"Idempotency-Key": "x" * 300}).status_code == 400
+    # an answer marked no-store (a new client's secret) is not kept: the key is released
+    ck = {"Idempotency-Key": "client-" + os.urandom(6).hex()}
+    cbody = {"name": "idem-secret-" + os.urandom(3).hex(), "scopes": ["infer"]}
+    r7 = gw.req("POST", "/api/v1/clients", json=cbody, headers=ck)
+    assert r7.status_code == 201 and r7.headers["Cache-Control"] == "no-store", r7.headers
+    r8 = gw.req("POST", "/api/v1/clients", json=cbody, headers=ck)
+    assert "Idempotent-Replayed" not in r8.headers and r8.status_code == 409, r8.text
 
 
 def parse_ratelimit(r):
