@@ -504,6 +504,32 @@ def test_bodies_forwarded_whole(gw):
     assert r.status_code == 200 and len(r.content) == 6000000
 
 
+def test_request_limits(gateways):
+    g = gateways("--gateway.max-tensor-elements=100", "--gateway.max-header-bytes=4KiB",
+                 "--gateway.max-infer-body=64KiB")
+    # a tensor over the cap: 413 at the edge (inference never sees it)
+    big = {"inputs": [{"name": "input__0", "shape": [500, 2], "datatype": "FP32",
+                       "data": [0.5] * 1000}]}
+    r = g.req("POST", f"/v2/models/{MODEL}/infer", scope="infer", json=big)
+    assert r.status_code == 413 and "1000 elements" in r.json()["detail"], r.text
+    # one within it, in a body larger than the cap, passes
+    ok = dict(infer_body(), id="x" * 300)
+    assert g.req("POST", f"/v2/models/{MODEL}/infer", scope="infer", json=ok).status_code == 200
+    # the binary extension: the JSON header's shapes are checked
+    hdr_json = json.dumps({"inputs": [{"name": "input__0", "shape": [1000, 2],
+                                       "datatype": "FP32",
+                                       "parameters": {"binary_data_size": 8000}}]}).encode()
+    r = g.req("POST", f"/v2/models/{MODEL}/infer", scope="infer", data=hdr_json + bytes(8000),
+              headers={"Inference-Header-Content-Length": str(len(hdr_json)),
+                       "Content-Type": "application/octet-stream"})
+    assert r.status_code == 413, r.text
+    # the infer body limit, and the head limit
+    r = g.req("POST", f"/v2/models/{MODEL}/infer", scope="infer", data=b" " * (65 * 1024))
+    assert r.status_code == 413
+    r = g.req("GET", "/api/v1/models", scope="models:read", headers={"X-Big": "a" * 5000})
+    assert r.status_code == 431
+
+
 def test_deadline_and_timeouts(gw, gateways):
     t0 = time.monotonic()
     r = gw.req("GET", "/api/v1/streams/s?sleep_ms=3000", scope="ingest",
