@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The API gateway: the platform's only public listener. Every request goes through one edge
- * pipeline (edge.c, in proxy.c): CORS, load shedding, a request id, authentication of the
- * bearer JWT against identity's JWKS with a cache of verified tokens (auth.c), the route's
- * scope (deny by default: the routing table, routes.c, names a scope or "public" for every
- * route), rate limits per client and route (GCRA in memory or on Redis, limits.c), then the
+ * pipeline (gw_h_edge in proxy.c): CORS, load shedding, a request id, authentication of the
+ * bearer JWT against identity's JWKS with a cache of verified tokens (auth.c), rate limits per
+ * client and route (GCRA in memory or on Redis, limits.c), the route's scope (deny by default:
+ * the routing table, routes.c, names a scope or "public" for every route), then the
  * body is read up to the route's limit, an Idempotency-Key is honoured (idem.c), and the
  * request is either served by the gateway itself (traffic splits and feature flags in
  * traffic.c, the OpenAPI document in openapi.c) or forwarded to an upstream service through
