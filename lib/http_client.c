@@ -119,6 +119,8 @@ struct loom_http_call {
     struct addr *last_addr; /* the last attempt's */
     struct conn *conn;
     bool probe, reused, wrote_any, got_bytes;
+    bool stale_retried; /* the one free retry after a reused connection closed was taken */
+    bool fresh;         /* the next attempt opens a new connection */
     size_t sent, total;
     uint64_t connect_deadline, try_deadline, backoff_until;
 
@@ -338,20 +340,25 @@ static void pool_put(struct conn *c)
         loom_timer_start_at(&up->sweep, c->idle_since + up->cfg.idle_timeout);
 }
 
-/* The most recently used idle connection that is still alive, or NULL. The peek catches a
- * close the loop has not reported yet; a connection with unexpected bytes is not trusted. */
-static struct conn *pool_get(struct addr *a)
+/*
+ * The most recently used idle connection that is still alive, or NULL. Idle connections are
+ * watched, so a close is normally seen before reuse; only one that lands between the loop's
+ * last wait and now can slip through. For a request that may not be retried (not idempotent)
+ * a peek closes that window; an idempotent one saves the system call (one in five on the
+ * proxy's path) and is retried on a fresh connection if it hits such a close.
+ */
+static struct conn *pool_get(struct addr *a, bool peek)
 {
     while (a->idle_head) {
         struct conn *c = a->idle_head;
         idle_unlink(c);
+        c->state = CONN_ACTIVE;
+        if (!peek)
+            return c;
         char b;
         ssize_t n = recv(c->io.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            c->state = CONN_ACTIVE;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return c;
-        }
-        c->state = CONN_ACTIVE;
         conn_close(c);
     }
     return NULL;
@@ -713,7 +720,19 @@ static void attempt_failed(struct loom_http_call *call, loom_err err, enum verdi
         conn_close(call->conn);
         call->conn = NULL;
     }
+    /* A pooled connection the server had closed (nothing came back on it) says nothing about
+     * the server: an idempotent request goes again at once, on a fresh connection, without
+     * drawing on the retry budget — once. */
+    bool stale = call->reused && !call->got_bytes && err == LOOM_ECLOSED && call->idempotent &&
+                 !call->stale_retried && !call->up->closing;
     attempt_end(call, v);
+    if (retriable && stale) {
+        call->stale_retried = true;
+        call->fresh = true;
+        call->backoff_until = now_of(call->up);
+        schedule_retry(call);
+        return;
+    }
     if (retriable && retry_allowed(call)) {
         schedule_retry(call);
         return;
@@ -1098,7 +1117,8 @@ static void attempt_begin(struct loom_http_call *call)
         call->head.len + (call->host_at != SIZE_MAX ? a->host_line_len : 0) + call->body.len;
     call->try_deadline = up->cfg.try_timeout ? now + up->cfg.try_timeout : UINT64_MAX;
 
-    struct conn *c = pool_get(a);
+    struct conn *c = call->fresh ? NULL : pool_get(a, !call->idempotent);
+    call->fresh = false;
     if (c) {
         call->reused = true;
     } else {

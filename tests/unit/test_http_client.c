@@ -476,6 +476,26 @@ static void test_dead_idle_connection(void)
     addr_stats(up, 0, &st);
     CHECK_UINT(st.connections, 0);
     CHECK_UINT(st.idle, 0);
+
+    /* An idempotent GET takes the pooled connection without a peek (one system call fewer on
+     * the proxy's path): when it finds it closed, it goes again at once on a fresh connection,
+     * even with max_attempts 1 and without touching the retry budget. */
+    do_get(up, "/x", &r);
+    CHECK_INT(r.status, 200);
+    for (int i = 0; i < 200 && atomic_load(&raw.closes) < 3; i++)
+        usleep(1000);
+    usleep(20000);
+    struct loom_http_upstream_stats ust0;
+    loom_http_upstream_stats(up, &ust0);
+    do_get(up, "/x", &r);
+    CHECK_INT(r.err, LOOM_OK);
+    CHECK_INT(r.status, 200);
+    CHECK_INT(atomic_load(&raw.accepts), 4);
+    struct loom_http_upstream_stats ust1;
+    loom_http_upstream_stats(up, &ust1);
+    CHECK_UINT(ust1.retries_denied, ust0.retries_denied);
+    addr_stats(up, 0, &st);
+    CHECK_INT(st.state, LOOM_HTTP_ADDR_HEALTHY);
     loom_http_upstream_free(up);
     raw_stop(&raw);
 }
