@@ -30,9 +30,9 @@ export DEBIAN_FRONTEND=noninteractive
 stamp=/tmp/.loom-apt-updated
 [ -f "$stamp" ] || { $sudo apt-get update -qq && touch "$stamp"; }
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Debian starts nginx, PostgreSQL and nats-server after installing them where an init system runs;
+# Debian starts nginx, PostgreSQL, nats-server and Redis after installing them where an init system runs;
 # the tests and benchmarks start their own, on free ports, so stop the system ones.
-for svc in nginx postgresql nats-server; do
+for svc in nginx postgresql nats-server redis-server; do
     if command -v service >/dev/null && [ -x /etc/init.d/$svc ]; then
         $sudo service $svc stop >/dev/null 2>&1 || true
     fi
