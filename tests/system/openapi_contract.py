@@ -21,7 +21,8 @@
 
 `check_response(r)` does it for a `requests.Response`, `check_raw(method, path, raw)` for
 conftest's raw-socket `RawResponse`, and `attach(session)` installs a response hook on a
-`requests.Session` so that every answer it receives is checked. Failures are pytest failures
+`requests.Session` so that every answer it receives is checked; with `known=True` a path the
+document does not describe fails instead of passing unchecked. Failures are pytest failures
 naming the operation, the status and the first schema errors. `checked` counts the answers
 validated, `seen` the (method, template, status) triples; with LOOM_CONTRACT_REPORT=FILE set,
 the triples seen by the process are written to FILE (JSON) at exit.
@@ -121,14 +122,17 @@ class Contract:
             pytest.fail(f"{where}: does not match api/openapi.yaml:\n{msgs}\n"
                         f"value: {json.dumps(instance)[:2000]}", pytrace=False)
 
-    def check(self, method, path, status, headers, body, request=None):
+    def check(self, method, path, status, headers, body, request=None, known=False):
         """Validate one answer. headers: a mapping (any case); body: bytes. request, when
-        given, is (Content-Type, body bytes) of the request, checked on a 2xx."""
+        given, is (Content-Type, body bytes) of the request, checked on a 2xx. known: the
+        path must be one the document describes (else it is let through unchecked)."""
         headers = CaseInsensitiveDict(dict(headers or {}))
         path = path.split("?", 1)[0]
         tpl, op = self.operation(method, path)
         if op is None:
-            return  # not a path of the platform API (/metrics, /readyz, unknown routes)
+            # not a path of the platform API (/metrics, /readyz, unknown routes)
+            assert not known, f"{method} {path}: no operation of api/openapi.yaml matches"
+            return
         where = f"{method} {path} ({tpl}) -> {status}"
         responses = op["responses"]
         assert str(status) in responses, \
@@ -186,22 +190,23 @@ class Contract:
             return
         self.validate(content[ctype]["schema"], instance, f"{where}: the accepted request body")
 
-    def check_response(self, r):
+    def check_response(self, r, known=False):
         """Validate a requests.Response (the request it answers included)."""
         req = r.request
         self.check(req.method, req.path_url, r.status_code, r.headers, r.content,
-                   request=(req.headers.get("content-type"), req.body))
+                   request=(req.headers.get("content-type"), req.body), known=known)
         return r
 
-    def check_raw(self, method, path, raw):
+    def check_raw(self, method, path, raw, known=False):
         """Validate conftest's RawResponse (headers as a list of (name, value))."""
-        self.check(method, path, raw.status, {k: v for k, v in raw.headers}, raw.body)
+        self.check(method, path, raw.status, {k: v for k, v in raw.headers}, raw.body,
+                   known=known)
         return raw
 
-    def attach(self, session):
+    def attach(self, session, known=False):
         """Check every answer this requests.Session receives."""
         session.hooks.setdefault("response", []).append(
-            lambda r, *args, **kwargs: self.check_response(r))
+            lambda r, *args, **kwargs: self.check_response(r, known=known))
         return session
 
 

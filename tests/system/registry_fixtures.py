@@ -6,11 +6,12 @@
 the {"msg":"listening","svc":"registry"} log line and waits for /readyz; on teardown it sends
 SIGTERM and requires exit code 0 and JSON-only stderr (unless the test killed it).
 
-`Contract` loads api/openapi.yaml and validates a response against it: the operation is found
-from the method and the path, the response object from the status code (an undocumented status
-fails), the media type from Content-Type, and the JSON body is validated against the schema
-(Draft 2020-12, `$ref`s resolved in the document). `Api` is a requests session whose every
-response goes through the contract, so every test checks the contract as a side effect.
+`Contract` (from openapi_contract.py, shared with the other suites) validates a response against
+api/openapi.yaml: the operation is found from the method and the path, the response object from
+the status code (an undocumented status fails), the media type from Content-Type, and the JSON
+body is validated against the schema (Draft 2020-12, `$ref`s resolved in the document). `Api` is
+a requests session whose every response goes through the contract, so every test checks the
+contract as a side effect.
 
 `Postgres` runs a real PostgreSQL 15 from Debian's package for the session: initdb and pg_ctl
 as the postgres user (runuser), in a temporary directory, on a free loopback port with trust
@@ -28,7 +29,6 @@ Fixtures (import with `from registry_fixtures import *`):
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -37,12 +37,11 @@ import tempfile
 import threading
 import time
 
-import jsonschema
 import pytest
 import requests
-import yaml
 
-from conftest import REPO, STOP_TIMEOUT, Loom, free_port, loom_cmd
+from conftest import STOP_TIMEOUT, Loom, free_port, loom_cmd
+from openapi_contract import Contract, load as load_contract
 
 __all__ = ["RegistryLoom", "Contract", "Api", "Postgres", "backend", "registry", "contract",
            "postgres", "models", "linear_model", "assert_problem", "SANITIZED", "SLOW",
@@ -51,7 +50,6 @@ __all__ = ["RegistryLoom", "Contract", "Api", "Postgres", "backend", "registry",
 SANITIZED = os.environ.get("LOOM_SANITIZED") == "1"
 SLOW = 4.0 if SANITIZED else 1.0
 READY_TIMEOUT = 15.0 * SLOW
-OPENAPI = os.path.join(REPO, "api", "openapi.yaml")
 PG_BIN = "/usr/lib/postgresql/15/bin"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -62,83 +60,8 @@ def sha256_hex(data):
 
 # ---- the contract ----
 
-
-class Contract:
-    def __init__(self, path=OPENAPI):
-        with open(path) as f:
-            self.doc = yaml.safe_load(f)
-        assert self.doc["openapi"].startswith("3.1"), self.doc["openapi"]
-        self.resolver = jsonschema.RefResolver(base_uri="", referrer=self.doc)
-        self.ops = []
-        for tpl, item in self.doc["paths"].items():
-            rx = re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", tpl) + "$")
-            for m in ("get", "put", "post", "patch", "delete"):
-                if m in item:
-                    self.ops.append((m.upper(), rx, tpl, item[m]))
-        # literal templates first, as the router does
-        self.ops.sort(key=lambda o: o[2].count("{"))
-        self.checked = 0
-
-    def deref(self, obj):
-        while isinstance(obj, dict) and "$ref" in obj:
-            ref = obj["$ref"]
-            assert ref.startswith("#/"), ref
-            node = self.doc
-            for part in ref[2:].split("/"):
-                node = node[part]
-            obj = node
-        return obj
-
-    def operation(self, method, path):
-        method = "GET" if method == "HEAD" else method
-        for m, rx, tpl, op in self.ops:
-            if m == method and rx.match(path):
-                return tpl, op
-        return None, None
-
-    def validate(self, schema, instance, where):
-        v = jsonschema.Draft202012Validator(schema, resolver=self.resolver)
-        errors = sorted(v.iter_errors(instance), key=lambda e: list(e.path))
-        if errors:
-            msgs = "\n".join(f"  at {list(e.path)}: {e.message}" for e in errors[:5])
-            pytest.fail(f"{where}: the body does not match api/openapi.yaml:\n{msgs}\n"
-                        f"body: {json.dumps(instance)[:2000]}", pytrace=False)
-
-    def check(self, method, path, status, headers, body):
-        """Validate one response; headers is a case-insensitive mapping; body bytes."""
-        path = path.split("?", 1)[0]
-        tpl, op = self.operation(method, path)
-        if op is None:
-            return  # not a platform API path (/metrics, /readyz, unknown routes)
-        where = f"{method} {path} ({tpl}) -> {status}"
-        responses = op["responses"]
-        assert str(status) in responses, f"{where}: status {status} is not documented"
-        resp = self.deref(responses[str(status)])
-        content = resp.get("content")
-        if not content:
-            assert not body, f"{where}: a body where none is documented: {body[:200]!r}"
-            return
-        ctype = (headers.get("content-type") or "").split(";")[0].strip()
-        assert ctype in content, f"{where}: Content-Type {ctype!r} not in {list(content)}"
-        if method == "HEAD":
-            return
-        schema = content[ctype].get("schema", {})
-        if ctype.endswith("json"):
-            try:
-                instance = json.loads(body)
-            except ValueError as e:
-                pytest.fail(f"{where}: the body is not JSON ({e}): {body[:300]!r}",
-                            pytrace=False)
-            self.validate(schema, instance, where)
-        for name, h in (resp.get("headers") or {}).items():
-            h = self.deref(h)
-            if name.lower() in ("digest", "etag") and status == 200:
-                assert headers.get(name) is not None, f"{where}: header {name} missing"
-            val = headers.get(name)
-            if val is not None:
-                self.validate(h["schema"], val, f"{where} header {name}")
-        self.checked += 1
-
+# Contract (openapi_contract.py) checks a response against api/openapi.yaml; the document is
+# read once per process (load()).
 
 class Api:
     """A requests session bound to a server whose responses are checked against the contract."""
@@ -151,8 +74,7 @@ class Api:
     def request(self, method, path, **kw):
         kw.setdefault("timeout", 30 * SLOW)
         r = self.s.request(method, self.base + path, **kw)
-        self.contract.check(method, r.request.path_url, r.status_code, r.headers, r.content)
-        return r
+        return self.contract.check_response(r)
 
     def get(self, path, **kw):
         return self.request("GET", path, **kw)
@@ -325,7 +247,7 @@ class Postgres:
 
 @pytest.fixture(scope="session")
 def contract():
-    return Contract()
+    return load_contract()
 
 
 @pytest.fixture(scope="session")
