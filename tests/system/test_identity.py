@@ -8,6 +8,11 @@ not loom's: PyJWT (Debian's python3-jwt) and python3-cryptography, against the s
 /.well-known/jwks.json. The core suites run twice, on SQLite and on a real PostgreSQL 15 from
 Debian's package, started for the session by the `postgres` fixture (initdb and pg_ctl as the
 postgres user, a temporary directory, a free loopback port, trust authentication).
+
+Every answer the tests receive from the service (token endpoint, JWK set, metadata, clients
+API) is validated against api/openapi.yaml (openapi_contract.py, a hook on the server's
+requests session): its status must be documented, its headers and body must match, and a body
+the service accepted must match the request schema.
 """
 
 import base64
@@ -28,6 +33,7 @@ import pytest
 import requests
 
 from conftest import STOP_TIMEOUT, Loom, clean_env, free_port, loom_cmd, run_loom
+from openapi_contract import load as load_contract
 
 SANITIZED = os.environ.get("LOOM_SANITIZED") == "1"
 SLOW = 4.0 if SANITIZED else 1.0
@@ -37,6 +43,7 @@ ISSUER = "https://id.loom.test"
 ALL_SCOPES = "models:read models:write infer train ingest admin"
 SECRET_RE = re.compile(r"lsk_[A-Za-z0-9_-]{20,}")
 JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}")
+CONTRACT = load_contract()
 
 
 # ---- PostgreSQL ----
@@ -114,7 +121,7 @@ class IdentityLoom(Loom):
         self.args = list(args)
         self.store = store
         self.secrets = []
-        self.session = requests.Session()
+        self.session = CONTRACT.attach(requests.Session(), known=True)
 
     def start(self):
         extra = [f"--data-dir={self.data_dir}", "--identity.listen=127.0.0.1:0",

@@ -9,6 +9,10 @@ against scikit-learn, and determinism (the same spec twice gives the same model 
 
 The CLI commands (`loom demo`, `loom datasets`, `loom train`) are part of the binary; the
 data comes from `loom demo data fraud`.
+
+Every answer the tests receive from the trainer's API (and from its registry) is validated
+against api/openapi.yaml (openapi_contract.py): its status must be documented, its body must
+match the schema, and a spec the trainer accepted must match the job spec schema.
 """
 
 import json
@@ -25,12 +29,14 @@ import requests
 
 from conftest import (STOP_TIMEOUT, Loom, free_port, loom_cmd, read_response, request_bytes,
                       run_loom)
+from openapi_contract import load as load_contract
 from registry_fixtures import Postgres, SANITIZED, SLOW, postgres  # noqa: F401 (fixture)
 
 READY_TIMEOUT = 15.0 * SLOW
 JOB_TIMEOUT = 120.0 * SLOW
 STOPPED_RUNNING = "the trainer stopped while this job was running"
 STOPPED_QUEUED = "the trainer stopped before this job started"
+CONTRACT = load_contract()
 
 
 def _cli_wired():
@@ -93,7 +99,7 @@ class TrainerLoom(Loom):
         return self
 
     def session(self):
-        s = requests.Session()
+        s = CONTRACT.attach(requests.Session(), known=True)
         self.sessions.append(s)
         return s
 
@@ -130,11 +136,16 @@ class TrainerLoom(Loom):
 
     def get(self, path, **kw):
         kw.setdefault("timeout", 30 * SLOW)
-        return requests.get(self.base + path, **kw)
+        return CONTRACT.check_response(requests.get(self.base + path, **kw), known=True)
 
     def post(self, path, **kw):
         kw.setdefault("timeout", 60 * SLOW)
-        return requests.post(self.base + path, **kw)
+        return CONTRACT.check_response(requests.post(self.base + path, **kw), known=True)
+
+    def reg_get(self, path, **kw):
+        """GET from the registry the trainer publishes to (its answer checked too)."""
+        kw.setdefault("timeout", 10)
+        return CONTRACT.check_response(requests.get(self.registry + path, **kw), known=True)
 
     def upload(self, data):
         r = self.post("/api/v1/datasets", data=data)
@@ -356,6 +367,7 @@ def test_dataset_size_limit(trainer):
     with srv.connect() as s:
         s.sendall(request_bytes("POST", "/api/v1/datasets", {"Content-Length": "5000"}))
         r = read_response(s)
+    CONTRACT.check_raw("POST", "/api/v1/datasets", r)
     assert r.status == 413 and "max-dataset-bytes" in r.json()["detail"]
     # refused while it streams (chunked: no length known in advance)
     body = b"a,b\n" + b"1,2\n" * 800
@@ -365,6 +377,7 @@ def test_dataset_size_limit(trainer):
         s.sendall(request_bytes("POST", "/api/v1/datasets", {"Transfer-Encoding": "chunked"})
                   + chunked)
         r = read_response(s)
+    CONTRACT.check_raw("POST", "/api/v1/datasets", r)
     assert r.status == 413, r
     # under the limit, chunked: fine
     small = b"a,b\n1,2\n"
@@ -372,6 +385,7 @@ def test_dataset_size_limit(trainer):
         s.sendall(request_bytes("POST", "/api/v1/datasets", {"Transfer-Encoding": "chunked"})
                   + b"%x\r\n%s\r\n0\r\n\r\n" % (len(small), small))
         r = read_response(s)
+    CONTRACT.check_raw("POST", "/api/v1/datasets", r)
     assert r.status == 201 and r.json()["rows"] == 1
 
 
@@ -431,14 +445,14 @@ def test_cli_fair_data_passes_and_is_ready(trainer, fraud_csv, tmp_path):
     assert rep["latency"]["calls"] >= 1000 and rep["latency"]["p99_us"] > 0
     assert rep["confusion_matrix"]["tp"] + rep["confusion_matrix"]["fn"] > 0
     # the registry has it, ready, with the report and the lineage
-    v = requests.get(f"{srv.registry}/api/v1/models/fraud/versions/1", timeout=10).json()
+    v = srv.reg_get("/api/v1/models/fraud/versions/1").json()
     assert v["status"] == "ready" and v["artifact_digest"] == job["model_digest"]
     meta = v["metadata"]
     assert meta["lineage"] == {"dataset_digest": job["dataset"], "training_job": jid,
                                "code_version": "git-abc123"}
     assert meta["report"]["gates"] == rep["gates"] and meta["metrics"]["auc"] == rep["metrics"]["auc"]
     assert meta["description"] == "fraud scoring, demo"
-    art = requests.get(f"{srv.registry}/api/v1/models/fraud/versions/1/artifact", timeout=10)
+    art = srv.reg_get("/api/v1/models/fraud/versions/1/artifact")
     import hashlib
     assert "sha256:" + hashlib.sha256(art.content).hexdigest() == job["model_digest"]
     # status and list through the CLI
@@ -472,7 +486,7 @@ def test_cli_biased_data_is_rejected_by_fairness(trainer, fraud_csv, tmp_path):
                                         if n in ("north", "west"))
     for g in groups.values():
         assert set(g) >= {"count", "positives", "positive_rate", "tpr", "fpr"}
-    v = requests.get(f"{srv.registry}/api/v1/models/fraud/versions/1", timeout=10).json()
+    v = srv.reg_get("/api/v1/models/fraud/versions/1").json()
     assert v["status"] == "rejected"
     assert v["metadata"]["report"]["fairness"]["groups"] == fair["groups"]
     gates = {g["name"]: g for g in v["metadata"]["report"]["gates"]}
@@ -659,7 +673,7 @@ def test_job_list_pagination(trainer, fraud_csv):
     for jid in ids:
         assert srv.wait_job(jid)["status"] == "succeeded"
     # the registry got five versions in order
-    vs = requests.get(f"{srv.registry}/api/v1/models/fraud/versions", timeout=10).json()["items"]
+    vs = srv.reg_get("/api/v1/models/fraud/versions").json()["items"]
     assert sorted(v["version"] for v in vs) == [1, 2, 3, 4, 5]
 
 
@@ -729,8 +743,7 @@ def linear_job(srv, X, y, objective, lam, names=("a", "b", "c", "d")):
     job = srv.wait_job(srv.submit(spec)["id"])
     assert job["status"] == "succeeded", job
     v = job["registry"]["version"]
-    model = requests.get(f"{srv.registry}/api/v1/models/lin/versions/{v}/artifact",
-                         timeout=10).json()
+    model = srv.reg_get(f"/api/v1/models/lin/versions/{v}/artifact").json()
     assert model["loom_model"] == "linear" and model["objective"] == objective
     assert model["feature_names"] == list(names)
     val = loom_split(len(y), 0.25, 7)
