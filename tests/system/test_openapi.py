@@ -505,3 +505,64 @@ def test_identity_request_schemas(doc, contract):
     assert contract.errors(secretless, with_secret), "a Client answer may not carry a secret"
     assert not contract.errors(schema_of(doc, "ClientWithSecret"), with_secret)
     assert contract.errors(schema_of(doc, "ClientWithSecret"), client)
+
+
+# ---- the validator itself ----
+
+
+def test_contract_validator_catches_what_it_should(contract):
+    """openapi_contract.Contract.check on made-up answers: the good pass, each fault fails."""
+    failed = (AssertionError, pytest.fail.Exception)
+    problem = json.dumps({"type": "about:blank", "title": "Not Found", "status": 404,
+                          "detail": "no dataset", "field": "digest"}).encode()
+    pj = {"Content-Type": "application/problem+json"}
+    digest = "/api/v1/datasets/sha256:" + "0" * 64
+    contract.check("GET", digest, 404, pj, problem)
+    contract.check("GET", "/metrics", 200, {}, b"anything")  # not an API path: not checked
+    dataset = {"digest": "sha256:" + "0" * 64, "rows": 1, "size": 8,
+               "columns": [{"name": "a", "type": "number", "missing": 0, "min": 1, "max": 1}],
+               "created_at": "2026-11-24T21:28:08.957000Z"}
+    js = {"content-type": "application/json; charset=utf-8"}
+    contract.check("GET", digest, 200, js, json.dumps(dataset).encode())
+    client = {"id": "admin", "name": "admin", "scopes": ["admin"],
+              "quota": {"requests_per_second": 50, "burst": 100}, "disabled": False,
+              "created_at": "2026-11-24T21:28:04.957000Z",
+              "updated_at": "2026-11-24T21:28:04.957000Z",
+              "secret_rotated_at": "2026-11-24T21:28:04.957000Z"}
+    oauth = {"error": "invalid_client", "error_description": "too many failed attempts"}
+    nostore = {"Content-Type": "application/json", "Cache-Control": "no-store",
+               "Pragma": "no-cache"}
+    contract.check("POST", "/oauth/token", 429, dict(nostore, **{"Retry-After": "5"}),
+                   json.dumps(oauth).encode())
+    bad_spec = ("application/json", json.dumps({"model": "m", "dataset": "sha256:x"}).encode())
+    faults = [
+        ("an undocumented status", lambda: contract.check("GET", digest, 418, pj, problem)),
+        ("another media type", lambda: contract.check("GET", digest, 404, js, problem)),
+        ("a body that is not JSON", lambda: contract.check("GET", digest, 404, pj, b"{")),
+        ("a missing member", lambda: contract.check(
+            "GET", digest, 200, js, json.dumps(dict(dataset, rows=None)).encode())),
+        ("a bad date-time", lambda: contract.check(
+            "GET", digest, 200, js, json.dumps(dict(dataset, created_at="yesterday")).encode())),
+        ("an unknown member", lambda: contract.check(
+            "GET", digest, 200, js, json.dumps(dict(dataset, extra=1)).encode())),
+        ("a secret where none may be", lambda: contract.check(
+            "GET", "/api/v1/clients/admin", 200, js,
+            json.dumps(dict(client, secret="lsk_" + "A" * 43)).encode())),
+        ("a missing required header", lambda: contract.check(
+            "POST", "/oauth/token", 429, nostore, json.dumps(oauth).encode())),
+        ("a header that is not its type", lambda: contract.check(
+            "POST", "/oauth/token", 429, dict(nostore, **{"Retry-After": "soon"}),
+            json.dumps(oauth).encode())),
+        ("a body on a 204", lambda: contract.check(
+            "DELETE", "/api/v1/clients/admin", 204, {}, b"{}")),
+        ("an accepted request the request schema refuses", lambda: contract.check_request(
+            contract.operation("POST", "/api/v1/training-jobs")[1], "POST", *bad_spec)),
+        ("an unknown path where known ones are expected", lambda: contract.check(
+            "GET", "/api/v1/nothing", 200, js, b"{}", known=True)),
+    ]
+    for what, fault in faults:
+        try:
+            fault()
+        except failed:
+            continue
+        pytest.fail(f"the contract let {what} through", pytrace=False)
