@@ -130,7 +130,7 @@ struct gw_rule {
 extern const struct loom_route gw_routes[];
 extern const struct gw_rule gw_rules[];
 extern const size_t gw_nroutes;
-#define GW_NROUTES 60 /* checked at compile time in routes.c */
+#define GW_NROUTES 61 /* checked at compile time in routes.c */
 
 /* The rule of a matched route (found by the route's template pointer; the runtime copies the
  * table, the strings stay ours). NULL for the runtime's built-in routes. */

@@ -64,6 +64,8 @@ const char *gw_scope_name(unsigned bit)
     /* identity */                                                                                \
     X(POST, "/oauth/token", IDENTITY, GW_PUBLIC, 0, API, "token", NULL)                           \
     X(GET, "/.well-known/jwks.json", IDENTITY, GW_PUBLIC, 0, API, "jwks", NULL)                   \
+    X(GET, "/.well-known/oauth-authorization-server", IDENTITY, GW_PUBLIC, 0, API, "oauth_meta",  \
+      NULL)                                                                                       \
     X(GET, "/api/v1/clients", IDENTITY, GW_SCOPE, AD, API, "clients", NULL)                       \
     X(POST, "/api/v1/clients", IDENTITY, GW_SCOPE, AD, API, "clients", NULL)                      \
     X(GET, "/api/v1/clients/{rest...}", IDENTITY, GW_SCOPE, AD, API, "clients", NULL)             \

@@ -205,6 +205,21 @@ static void op_respond(struct idn_op *op)
 
 /* ---- bearer tokens for the clients API ---- */
 
+/* On the loop thread, before anything else is looked at: a request to the clients API without
+ * a bearer token is answered 401 at once, so an anonymous caller learns nothing from the
+ * validation of its body or ids. The token itself is verified on the pool (authorize_admin). */
+static bool has_bearer(struct loom_http_req *req)
+{
+    struct loom_str h = loom_http_req_header(req, "authorization");
+    struct loom_str scheme, token = loom_str_cut(h, ' ', &scheme);
+    if (h.len && loom_str_ieq(scheme, LOOM_STR("Bearer")) && token.len)
+        return true;
+    loom_http_resp_header(req, "WWW-Authenticate", LOOM_STR("Bearer realm=\"" REALM "\""));
+    problem(req, 401,
+            "this API needs a bearer token with the admin scope (from POST /oauth/token)");
+    return false;
+}
+
 /* Verify the request's bearer token; false with the answer set when it does not do. */
 static bool authorize_admin(struct idn_op *op)
 {
@@ -1003,6 +1018,8 @@ static bool unique_keys(struct loom_http_req *req, const struct loom_json_doc *d
 
 static void h_create(struct loom_http_req *req)
 {
+    if (!has_bearer(req))
+        return;
     struct loom_json_doc d;
     if (!json_body(req, false, &d) || !unique_keys(req, &d, 0))
         return;
@@ -1043,6 +1060,8 @@ static void h_create(struct loom_http_req *req)
 
 static void h_list(struct loom_http_req *req)
 {
+    if (!has_bearer(req))
+        return;
     struct idn_op *op = op_new(req, list_work);
     op->need_admin = true;
     struct client_args *a = &op->cl;
@@ -1070,6 +1089,8 @@ static void h_list(struct loom_http_req *req)
 
 static void h_get(struct loom_http_req *req)
 {
+    if (!has_bearer(req))
+        return;
     struct idn_op *op = op_new(req, get_work);
     op->need_admin = true;
     if (take_id(req, &op->cl))
@@ -1078,6 +1099,8 @@ static void h_get(struct loom_http_req *req)
 
 static void h_patch(struct loom_http_req *req)
 {
+    if (!has_bearer(req))
+        return;
     struct idn_op *op = op_new(req, patch_work);
     op->need_admin = true;
     struct client_args *a = &op->cl;
@@ -1115,6 +1138,8 @@ static void h_patch(struct loom_http_req *req)
 
 static void h_delete(struct loom_http_req *req)
 {
+    if (!has_bearer(req))
+        return;
     struct idn_op *op = op_new(req, delete_work);
     op->need_admin = true;
     if (take_id(req, &op->cl))
@@ -1123,6 +1148,8 @@ static void h_delete(struct loom_http_req *req)
 
 static void h_rotate(struct loom_http_req *req)
 {
+    if (!has_bearer(req))
+        return;
     struct idn_op *op = op_new(req, rotate_work);
     op->need_admin = true;
     if (take_id(req, &op->cl))
