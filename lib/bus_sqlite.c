@@ -2,9 +2,14 @@
 /*
  * The embedded bus backend: a durable append-only log in one SQLite file in WAL mode, shared
  * by every process on the host that opens it. Tables:
- *   bus_log      seq (AUTOINCREMENT: never reused), msgid (the dedup key, UNIQUE), the event
- *                id when it differs (replays), subject, only_group (replays), time, the
- *                running byte total `cum` (for size retention) and the data
+ *   bus_log      seq (AUTOINCREMENT: never reused), the event id, subject, only_group
+ *                (replays of parked events), time, the running byte total `cum` (for size
+ *                retention) and the data
+ *   bus_dedup    the dedup keys of the retained log, as 63 + 64 bits (see dedup_hash) with
+ *                their seq for retention. Ids derived from record ids are random, and a
+ *                B-tree keyed on them dirties about a page per insert: 24-byte entries put
+ *                more keys on a page than the 36-byte ids would, and UUIDv7s keep their time
+ *                order. Publishing is bound by this index (and the WAL it fills).
  *   bus_groups   a group's filter and next_seq, the next log position it has not looked at
  *   bus_pending  (group, seq) delivered and not settled: attempts made, and when it becomes
  *                visible again (the lease of ack_wait, or a retry's backoff)
@@ -21,6 +26,7 @@
  * behind retention skips what was deleted.
  */
 #include <loom/bus.h>
+#include <loom/digest.h>
 #include <loom/id.h>
 #include <loom/log.h>
 
@@ -48,7 +54,7 @@ struct sq_bus {
     char instance[LOOM_BUS_INSTANCE_MAX];
     pthread_mutex_t mu; /* the shared connection: publishing and admin */
     sqlite3 *db;
-    sqlite3_stmt *ins, *last_cum;
+    sqlite3_stmt *ins, *last_cum, *dedup_get, *dedup_put;
     uint64_t last_retention;
 };
 
@@ -67,8 +73,11 @@ struct sq_msg {
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS bus_meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS bus_log(seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-    " msgid TEXT NOT NULL UNIQUE, id TEXT, subject TEXT NOT NULL, only_group TEXT,"
+    " id TEXT NOT NULL, subject TEXT NOT NULL, only_group TEXT,"
     " time_ms INTEGER NOT NULL, cum INTEGER NOT NULL, data BLOB NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS bus_dedup(h INTEGER PRIMARY KEY, h2 INTEGER NOT NULL,"
+    " seq INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS bus_dedup_seq ON bus_dedup(seq);"
     "CREATE TABLE IF NOT EXISTS bus_groups(name TEXT PRIMARY KEY, filter TEXT NOT NULL,"
     " next_seq INTEGER NOT NULL, created_ms INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS bus_pending(grp TEXT NOT NULL, seq INTEGER NOT NULL,"
@@ -134,6 +143,17 @@ static loom_err open_conn(struct sq_bus *b, bool sync_full, sqlite3 **out, struc
     loom_err e = exec(db, "PRAGMA journal_mode=WAL", err);
     if (!e)
         e = exec(db, sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", err);
+    /* The dedup index is keyed on event ids, often random (derived ids): its pages are read
+     * all over the file. Map the file rather than copy pages in with read(2), and keep a
+     * larger page cache for the rest. */
+    if (!e)
+        e = exec(db, "PRAGMA mmap_size=1073741824", err);
+    if (!e)
+        e = exec(db, "PRAGMA cache_size=-32768", err);
+    /* Checkpoint every 64 MiB of WAL rather than every 4: a page changed by many commits is
+     * copied back into the database once. */
+    if (!e)
+        e = exec(db, "PRAGMA wal_autocheckpoint=16384", err);
     if (e) {
         sqlite3_close(db);
         return e;
@@ -199,6 +219,8 @@ static void sq_free(struct sq_bus *b)
 {
     sqlite3_finalize(b->ins);
     sqlite3_finalize(b->last_cum);
+    sqlite3_finalize(b->dedup_get);
+    sqlite3_finalize(b->dedup_put);
     sqlite3_close(b->db);
     pthread_mutex_destroy(&b->mu);
     free(b->path);
@@ -212,9 +234,23 @@ static void sq_free(struct sq_bus *b)
 static loom_err read_instance(struct sq_bus *b, struct loom_error *err)
 {
     char id[LOOM_UUID_LEN + 1], sql[160];
+    loom_err e = exec(b->db, "INSERT OR IGNORE INTO bus_meta VALUES('format', '2')", err);
+    if (e)
+        return e;
+    sqlite3_stmt *fmt;
+    if ((e = prep(b->db, "SELECT v FROM bus_meta WHERE k='format'", &fmt, err)))
+        return e;
+    bool ok = sqlite3_step(fmt) == SQLITE_ROW &&
+              strcmp((const char *)sqlite3_column_text(fmt, 0), "2") == 0;
+    sqlite3_finalize(fmt);
+    if (!ok)
+        return loom_error_set(err, LOOM_EUNSUPPORTED,
+                              "bus: %s was written by another version of loom's bus; move it "
+                              "away",
+                              b->path);
     loom_uuid7(id);
     snprintf(sql, sizeof(sql), "INSERT OR IGNORE INTO bus_meta VALUES('instance', '%s')", id);
-    loom_err e = exec(b->db, sql, err);
+    e = exec(b->db, sql, err);
     if (e)
         return e;
     sqlite3_stmt *st;
@@ -257,9 +293,12 @@ static loom_err sq_open(struct loom_bus *bus, const char *url, struct loom_error
         goto out_free;
     }
     if ((e = prep(b->db,
-                  "INSERT INTO bus_log(msgid, subject, time_ms, cum, data) VALUES(?1, ?2, ?3, ?4, "
-                  "?5) ON CONFLICT(msgid) DO NOTHING",
+                  "INSERT INTO bus_log(id, subject, only_group, time_ms, cum, data) VALUES(?1, ?2, "
+                  "?3, ?4, ?5, ?6)",
                   &b->ins, err)) ||
+        (e = prep(b->db, "SELECT h2 FROM bus_dedup WHERE h = ?1", &b->dedup_get, err)) ||
+        (e = prep(b->db, "INSERT INTO bus_dedup(h, h2, seq) VALUES(?1, ?2, ?3)", &b->dedup_put,
+                  err)) ||
         (e = prep(b->db, "SELECT cum FROM bus_log ORDER BY seq DESC LIMIT 1", &b->last_cum, err)))
         goto out_free;
     loom_bus_set_impl(bus, b);
@@ -281,6 +320,16 @@ static void sq_instance(struct loom_bus *bus, char out[LOOM_BUS_INSTANCE_MAX])
 }
 
 /* ---- retention ---- */
+
+/* The running byte total of the last row (mu held). */
+static int64_t last_cum(struct sq_bus *b)
+{
+    int64_t cum = 0;
+    if (sqlite3_step(b->last_cum) == SQLITE_ROW)
+        cum = sqlite3_column_int64(b->last_cum, 0);
+    sqlite3_reset(b->last_cum);
+    return cum;
+}
 
 /* The first row at or after `seq`: its seq and column `col` (1: cum, 2: time_ms). */
 static bool row_at(sqlite3 *db, sqlite3_stmt *st, uint64_t seq, uint64_t *rseq, int64_t *val)
@@ -339,20 +388,22 @@ static void retention(struct sq_bus *b)
     if (b->max_age_ms)
         cut = last_at_most(b->db, "time_ms", now_ms() - (int64_t)b->max_age_ms);
     if (b->max_bytes) {
-        int64_t last = 0;
-        if (sqlite3_step(b->last_cum) == SQLITE_ROW)
-            last = sqlite3_column_int64(b->last_cum, 0);
-        sqlite3_reset(b->last_cum);
+        int64_t last = last_cum(b);
         if (last > (int64_t)b->max_bytes)
             cut = LOOM_MAX(cut, last_at_most(b->db, "cum", last - (int64_t)b->max_bytes));
     }
     if (cut == 0)
         return;
-    char sql[96];
-    snprintf(sql, sizeof(sql), "DELETE FROM bus_log WHERE seq <= %llu", (unsigned long long)cut);
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "BEGIN IMMEDIATE; DELETE FROM bus_log WHERE seq <= %llu; DELETE FROM bus_dedup "
+             "WHERE seq <= %llu; COMMIT",
+             (unsigned long long)cut, (unsigned long long)cut);
     struct loom_error err = { 0 };
-    if (exec(b->db, sql, &err))
+    if (exec(b->db, sql, &err)) {
+        rollback(b->db);
         loom_log_warn("bus: retention: %s", err.msg);
+    }
 }
 
 /* Tell waiting consumers (in every process) that a commit is visible. The write comes after
@@ -366,6 +417,85 @@ static void notify(struct sq_bus *b)
 
 /* ---- publishing ---- */
 
+static int hexval(char c)
+{
+    return c >= 'a' ? c - 'a' + 10 : c - '0';
+}
+
+/*
+ * A dedup key as two 64-bit halves: h, the rowid (63 bits), and h2, to tell a duplicate from
+ * a collision. For a UUIDv7 (outbox events) h is the id's own first 63 bits, which grow with
+ * time, so its inserts append at the end of the B-tree; for any other key (ids derived from
+ * record ids) both halves come from SHA-256. A collision on h with another key only costs that
+ * event its dedup: it is appended anyway.
+ */
+static void dedup_hash(struct loom_str key, int64_t *h, int64_t *h2)
+{
+    uint8_t d[LOOM_SHA256_LEN];
+    loom_sha256(key.ptr, key.len, d);
+    uint64_t a = 0, c = 0;
+    for (int i = 0; i < 8; i++) {
+        a = a << 8 | d[i];
+        c = c << 8 | d[8 + i];
+    }
+    if (key.len == LOOM_UUID_LEN && key.ptr[14] == '7' && loom_uuid_valid(key)) {
+        a = 0;
+        for (size_t i = 0, nib = 0; i < key.len && nib < 16; i++) {
+            if (key.ptr[i] == '-')
+                continue;
+            a = a << 4 | (uint64_t)hexval(key.ptr[i]);
+            nib++;
+        }
+    }
+    *h = (int64_t)(a & INT64_MAX);
+    *h2 = (int64_t)c;
+}
+
+/* Append one event unless its dedup key is in the log (mu held, in a transaction). *cum is the
+ * running byte total; *added says whether it went in. */
+static loom_err append(struct sq_bus *b, struct loom_str key, struct loom_str id,
+                       struct loom_str subject, const char *only_group, struct loom_str data,
+                       int64_t t, int64_t *cum, bool *added, struct loom_error *err)
+{
+    int64_t h, h2;
+    dedup_hash(key, &h, &h2);
+    sqlite3_bind_int64(b->dedup_get, 1, h);
+    int rc = sqlite3_step(b->dedup_get);
+    bool seen = rc == SQLITE_ROW;
+    bool same = seen && sqlite3_column_int64(b->dedup_get, 0) == h2;
+    sqlite3_reset(b->dedup_get);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return sq_error(b->db, rc, err, "dedup");
+    *added = false;
+    if (same)
+        return LOOM_OK; /* a duplicate */
+    bind_str(b->ins, 1, id);
+    bind_str(b->ins, 2, subject);
+    if (only_group)
+        sqlite3_bind_text(b->ins, 3, only_group, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(b->ins, 3);
+    sqlite3_bind_int64(b->ins, 4, t);
+    sqlite3_bind_int64(b->ins, 5, *cum + (int64_t)data.len);
+    sqlite3_bind_blob(b->ins, 6, data.ptr ? data.ptr : "", (int)data.len, SQLITE_STATIC);
+    rc = sqlite3_step(b->ins);
+    reset(b->ins);
+    if (rc != SQLITE_DONE)
+        return sq_error(b->db, rc, err, "append");
+    *cum += (int64_t)data.len;
+    *added = true;
+    if (seen) /* a 63-bit collision with another key (never in practice): no dedup for it */
+        return LOOM_OK;
+    sqlite3_bind_int64(b->dedup_put, 1, h);
+    sqlite3_bind_int64(b->dedup_put, 2, h2);
+    sqlite3_bind_int64(b->dedup_put, 3, sqlite3_last_insert_rowid(b->db));
+    rc = sqlite3_step(b->dedup_put);
+    reset(b->dedup_put);
+    if (rc != SQLITE_DONE)
+        return sq_error(b->db, rc, err, "dedup");
+    return LOOM_OK;
+}
+
 static loom_err sq_publish(struct loom_bus *bus, const struct loom_bus_event *evs, size_t n,
                            struct loom_error *err)
 {
@@ -374,28 +504,15 @@ static loom_err sq_publish(struct loom_bus *bus, const struct loom_bus_event *ev
     loom_err e = exec(b->db, "BEGIN IMMEDIATE", err);
     if (e)
         goto out;
-    int64_t cum = 0;
-    if (sqlite3_step(b->last_cum) == SQLITE_ROW)
-        cum = sqlite3_column_int64(b->last_cum, 0);
-    sqlite3_reset(b->last_cum);
+    int64_t cum = last_cum(b);
     int64_t t = now_ms();
     for (size_t i = 0; i < n; i++) {
-        int64_t c = cum + (int64_t)evs[i].data.len;
-        bind_str(b->ins, 1, evs[i].id);
-        bind_str(b->ins, 2, evs[i].subject);
-        sqlite3_bind_int64(b->ins, 3, t);
-        sqlite3_bind_int64(b->ins, 4, c);
-        sqlite3_bind_blob(b->ins, 5, evs[i].data.ptr ? evs[i].data.ptr : "", (int)evs[i].data.len,
-                          SQLITE_STATIC);
-        int rc = sqlite3_step(b->ins);
-        reset(b->ins);
-        if (rc != SQLITE_DONE) {
-            e = sq_error(b->db, rc, err, "append");
+        bool added;
+        if ((e = append(b, evs[i].id, evs[i].id, evs[i].subject, NULL, evs[i].data, t, &cum, &added,
+                        err))) {
             rollback(b->db);
             goto out;
         }
-        if (sqlite3_changes(b->db))
-            cum = c;
     }
     if ((e = exec(b->db, "COMMIT", err))) {
         rollback(b->db);
@@ -499,8 +616,8 @@ static loom_err sq_sub_open(struct loom_bus_sub *sub, struct loom_error *err)
                   &s->probe, err)) ||
         (e = prep(s->db, "SELECT next_seq FROM bus_groups WHERE name=?1", &s->group_next, err)) ||
         (e = prep(s->db,
-                  "SELECT p.seq, p.deliveries, l.seq IS NULL, l.msgid, l.id, l.subject, "
-                  "l.time_ms, l.data FROM bus_pending p LEFT JOIN bus_log l ON l.seq = p.seq "
+                  "SELECT p.seq, p.deliveries, l.seq IS NULL, l.id, l.subject, l.time_ms, "
+                  "l.data FROM bus_pending p LEFT JOIN bus_log l ON l.seq = p.seq "
                   "WHERE p.grp=?1 AND p.visible_ms <= ?2 ORDER BY p.seq LIMIT ?3",
                   &s->due, err)) ||
         (e = prep(s->db,
@@ -510,7 +627,7 @@ static loom_err sq_sub_open(struct loom_bus_sub *sub, struct loom_error *err)
         (e = prep(s->db, "DELETE FROM bus_pending WHERE grp=?1 AND seq=?2", &s->drop_pending,
                   err)) ||
         (e = prep(s->db,
-                  "SELECT seq, msgid, id, subject, only_group, time_ms, data FROM bus_log "
+                  "SELECT seq, id, subject, only_group, time_ms, data FROM bus_log "
                   "WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
                   &s->scan, err)) ||
         (e = prep(s->db,
@@ -602,17 +719,10 @@ static loom_err probe(struct loom_bus_sub *sub, struct sq_sub *s, bool *work, in
     return LOOM_OK;
 }
 
-static struct sq_msg *make_msg(sqlite3_stmt *st, int c_msgid, int c_id, int c_subject, int c_time,
-                               int c_data)
+static struct sq_msg *make_msg(sqlite3_stmt *st, int c_id, int c_subject, int c_time, int c_data)
 {
-    const char *msgid = (const char *)sqlite3_column_text(st, c_msgid);
-    size_t msgid_len = (size_t)sqlite3_column_bytes(st, c_msgid);
-    const char *id = msgid;
-    size_t id_len = msgid_len;
-    if (sqlite3_column_type(st, c_id) != SQLITE_NULL) {
-        id = (const char *)sqlite3_column_text(st, c_id);
-        id_len = (size_t)sqlite3_column_bytes(st, c_id);
-    }
+    const char *id = (const char *)sqlite3_column_text(st, c_id);
+    size_t id_len = (size_t)sqlite3_column_bytes(st, c_id);
     const char *subject = (const char *)sqlite3_column_text(st, c_subject);
     size_t subject_len = (size_t)sqlite3_column_bytes(st, c_subject);
     const void *data = sqlite3_column_blob(st, c_data);
@@ -677,7 +787,7 @@ static loom_err claim(struct loom_bus_sub *sub, struct sq_sub *s, size_t max,
         }
         if (gone) /* deleted by retention */
             continue;
-        struct sq_msg *m = make_msg(s->due, 3, 4, 5, 6, 7);
+        struct sq_msg *m = make_msg(s->due, 3, 4, 5, 6);
         m->m.seq = (uint64_t)seq;
         m->m.attempt = (uint32_t)(deliveries + 1);
         push(&tail, m, &got);
@@ -705,13 +815,13 @@ static loom_err claim(struct loom_bus_sub *sub, struct sq_sub *s, size_t max,
         while (want && (rc = sqlite3_step(s->scan)) == SQLITE_ROW) {
             int64_t seq = sqlite3_column_int64(s->scan, 0);
             pos = seq + 1;
-            struct loom_str subject = loom_str_make((const char *)sqlite3_column_text(s->scan, 3),
-                                                    (size_t)sqlite3_column_bytes(s->scan, 3));
+            struct loom_str subject = loom_str_make((const char *)sqlite3_column_text(s->scan, 2),
+                                                    (size_t)sqlite3_column_bytes(s->scan, 2));
             if (!loom_bus_subject_match(filter, subject))
                 continue;
-            if (sqlite3_column_type(s->scan, 4) != SQLITE_NULL &&
-                !loom_str_eq(group, loom_str_make((const char *)sqlite3_column_text(s->scan, 4),
-                                                  (size_t)sqlite3_column_bytes(s->scan, 4))))
+            if (sqlite3_column_type(s->scan, 3) != SQLITE_NULL &&
+                !loom_str_eq(group, loom_str_make((const char *)sqlite3_column_text(s->scan, 3),
+                                                  (size_t)sqlite3_column_bytes(s->scan, 3))))
                 continue;
             sqlite3_bind_text(s->claim, 1, o->group, -1, SQLITE_STATIC);
             sqlite3_bind_int64(s->claim, 2, seq);
@@ -722,7 +832,7 @@ static loom_err claim(struct loom_bus_sub *sub, struct sq_sub *s, size_t max,
                 rc = wrc;
                 break;
             }
-            struct sq_msg *m = make_msg(s->scan, 1, 2, 3, 5, 6);
+            struct sq_msg *m = make_msg(s->scan, 1, 2, 4, 5);
             m->m.seq = (uint64_t)seq;
             m->m.attempt = 1;
             push(&tail, m, &got);
@@ -1025,9 +1135,9 @@ static loom_err sq_parked_replay(struct loom_bus *bus, const char *group, uint64
 {
     struct sq_bus *b = loom_bus_impl(bus);
     pthread_mutex_lock(&b->mu);
-    sqlite3_stmt *sel = NULL, *ins = NULL, *del = NULL;
+    sqlite3_stmt *sel = NULL, *del = NULL;
     size_t done = 0;
-    int rc;
+    int rc = SQLITE_DONE;
     loom_err e = exec(b->db, "BEGIN IMMEDIATE", err);
     if (e)
         goto out;
@@ -1035,32 +1145,29 @@ static loom_err sq_parked_replay(struct loom_bus *bus, const char *group, uint64
                   "SELECT pseq, id, subject, data FROM bus_parked WHERE grp=?1 AND (?2 = 0 OR "
                   "pseq = ?2) ORDER BY pseq",
                   &sel, err)) ||
-        (e = prep(b->db,
-                  "INSERT INTO bus_log(msgid, id, subject, only_group, time_ms, cum, data) "
-                  "VALUES('replay:' || ?1 || ':' || ?2, ?3, ?4, ?1, ?5, (SELECT ifnull((SELECT "
-                  "cum FROM bus_log ORDER BY seq DESC LIMIT 1), 0)) + length(?6), ?6) ON "
-                  "CONFLICT(msgid) DO NOTHING",
-                  &ins, err)) ||
         (e = prep(b->db, "DELETE FROM bus_parked WHERE pseq=?1", &del, err)))
         goto out_rollback;
     sqlite3_bind_text(sel, 1, group, -1, SQLITE_STATIC);
     sqlite3_bind_int64(sel, 2, (int64_t)pseq);
-    int64_t now = now_ms();
+    int64_t now = now_ms(), cum = last_cum(b);
     while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
         int64_t p = sqlite3_column_int64(sel, 0);
-        sqlite3_bind_text(ins, 1, group, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(ins, 2, p);
-        sqlite3_bind_value(ins, 3, sqlite3_column_value(sel, 1));
-        sqlite3_bind_value(ins, 4, sqlite3_column_value(sel, 2));
-        sqlite3_bind_int64(ins, 5, now);
-        sqlite3_bind_value(ins, 6, sqlite3_column_value(sel, 3));
-        int wrc = sqlite3_step(ins);
-        reset(ins);
-        if (wrc == SQLITE_DONE) {
-            sqlite3_bind_int64(del, 1, p);
-            wrc = sqlite3_step(del);
-            reset(del);
-        }
+        /* Back in the log for this group only, with a dedup key of its own (a replay is not
+         * a duplicate of the original). */
+        char key[LOOM_BUS_GROUP_MAX + 48];
+        snprintf(key, sizeof(key), "replay:%s:%lld", group, (long long)p);
+        struct loom_str id = loom_str_make((const char *)sqlite3_column_text(sel, 1),
+                                           (size_t)sqlite3_column_bytes(sel, 1));
+        struct loom_str subject = loom_str_make((const char *)sqlite3_column_text(sel, 2),
+                                                (size_t)sqlite3_column_bytes(sel, 2));
+        struct loom_str data = loom_str_make((const char *)sqlite3_column_blob(sel, 3),
+                                             (size_t)sqlite3_column_bytes(sel, 3));
+        bool added;
+        if ((e = append(b, loom_str_cstr(key), id, subject, group, data, now, &cum, &added, err)))
+            goto out_rollback;
+        sqlite3_bind_int64(del, 1, p);
+        int wrc = sqlite3_step(del);
+        reset(del);
         if (wrc != SQLITE_DONE) {
             rc = wrc;
             break;
@@ -1084,7 +1191,6 @@ out_rollback:
         rollback(b->db);
 out:
     sqlite3_finalize(sel);
-    sqlite3_finalize(ins);
     sqlite3_finalize(del);
     pthread_mutex_unlock(&b->mu);
     if (!e)
