@@ -5,6 +5,7 @@
 #include "echo/echo.h"
 #include "gateway/gateway.h"
 #include "identity/identity.h"
+#include "ingest/ingest.h"
 #include "inference/inference.h"
 #include "registry/registry.h"
 #include "trainer/trainer.h"
@@ -14,6 +15,7 @@ const struct loom_service *const loom_services[] = {
     &registry_service,
     &trainer_service,
     &identity_service,
+    &ingest_service,
     &gateway_service,
     &echo_service,
 };
