@@ -27,5 +27,6 @@ int cmd_clients(int argc, char **argv);
 int cmd_datasets(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_ingest(int argc, char **argv);
 
 #endif
