@@ -11,6 +11,7 @@
 #include <loom/metrics.h>
 #include <loom/service.h>
 
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -29,6 +30,10 @@ static const struct loom_conf_field global_fields[] = {
                          "Least severe level written to the log: debug, info, warn, error."),
     LOOM_CONF_RANGE_FIELD(struct loom_global_conf, pool_threads, "pool-threads", INT, "0", 0, 256,
                           "Worker threads for blocking and CPU-heavy jobs (0: one per CPU)."),
+    LOOM_CONF_SECRET_FIELD(struct loom_global_conf, bus, "bus", STRING, "sqlite",
+                           "The event bus the services share: sqlite (the file "
+                           "<data-dir>/bus.db), sqlite:PATH, or nats://HOST:PORT[,HOST:PORT...] "
+                           "(NATS JetStream)."),
 };
 
 static const struct loom_conf_field common_template[] = {
@@ -153,6 +158,17 @@ const struct loom_svc_conf *loom_svc_common(const struct loom_svc *svc)
 const struct loom_global_conf *loom_svc_global(const struct loom_svc *svc)
 {
     return svc->global;
+}
+
+char *loom_svc_bus_url(const struct loom_svc *svc, const char *given)
+{
+    const char *url = given && given[0] ? given : svc->global->bus;
+    if (url && url[0] && strcmp(url, "sqlite") != 0)
+        return loom_strdup(url);
+    size_t n = strlen(svc->global->data_dir) + sizeof("sqlite:/bus.db");
+    char *out = loom_malloc(n);
+    snprintf(out, n, "sqlite:%s/bus.db", svc->global->data_dir);
+    return out;
 }
 const struct loom_service *loom_svc_service(const struct loom_svc *svc)
 {
@@ -372,6 +388,12 @@ int loom_services_run(const struct loom_service *const *services, const size_t *
     loom_log_set_level((enum loom_log_level)ss->global.log_level);
     loom_log_set_service("loom");
     signal(SIGPIPE, SIG_IGN);
+    /* Pin glibc's mmap threshold at its initial 128 KiB: larger blocks are mmap'ed, so they
+     * cost RSS only for the pages touched (a big calloc'ed table) and go back to the system when
+     * freed. Left dynamic, the threshold rises after the first such free, up to 32 MiB, and
+     * large transient buffers (an argon2id hash's 19 MiB, a big request's tensors) then stay
+     * in the heap and in the RSS for good. */
+    mallopt(M_MMAP_THRESHOLD, 128 << 10);
     /* Block before any thread exists, so that only the signalfd sees these. */
     static const int blocked[] = { SIGTERM, SIGINT, 0 };
     loom_signal_block(blocked);

@@ -17,11 +17,12 @@
 #include <loom/http.h>
 #include <loom/loop.h>
 
-/* Settings every process has (section ""): --data-dir, --log-level, --pool-threads. */
+/* Settings every process has (section ""): --data-dir, --log-level, --pool-threads, --bus. */
 struct loom_global_conf {
     const char *data_dir;
     int log_level; /* enum loom_log_level */
     int64_t pool_threads;
+    const char *bus; /* "sqlite", sqlite:PATH or nats://...: see loom_svc_bus_url */
 };
 
 /* Settings every service has, in its own section: --<svc>.listen, --<svc>.threads, limits. */
@@ -64,6 +65,9 @@ const void *loom_svc_conf(const struct loom_svc *svc);
 /* The settings every service has. */
 const struct loom_svc_conf *loom_svc_common(const struct loom_svc *svc);
 const struct loom_global_conf *loom_svc_global(const struct loom_svc *svc);
+/* The URL of the event bus the service uses: `given` (its own --<svc>.bus) when not empty, else
+ * --bus, with "sqlite" meaning sqlite:<data-dir>/bus.db. The caller frees it. */
+char *loom_svc_bus_url(const struct loom_svc *svc, const char *given);
 const struct loom_service *loom_svc_service(const struct loom_svc *svc);
 void loom_svc_set_state(struct loom_svc *svc, void *state);
 void *loom_svc_state(const struct loom_svc *svc);
