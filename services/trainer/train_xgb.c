@@ -7,12 +7,18 @@
  * nthread is the work pool's size and the seed is fixed (params.seed, else the split's seed), so
  * the same spec on the same dataset gives the same bytes. libxgboost's log lines are routed
  * into loom's JSON log and its console verbosity is off.
+ *
+ * libxgboost is loaded with dlopen at the first job or spec check, not linked: with its C++
+ * runtime, OpenMP and static initialisers it weighs about 5 MB of RSS, which every process
+ * would pay (an inference replica, a gateway) whether or not it ever trains.
  */
 #include "trainer/trainer.h"
 
 #include <loom/log.h>
 
+#include <dlfcn.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,10 +108,79 @@ static void xgb_log(const char *msg)
     LOOM_LOG_KV(LOOM_LOG_INFO, "xgboost", LOOM_KV_CSTR("detail", msg));
 }
 
-void trn_xgb_init(void)
+/* The C API functions the trainer calls, from dlopen("libxgboost.so.0"). */
+static struct {
+    __typeof__(&XGBGetLastError) XGBGetLastError;
+    __typeof__(&XGBRegisterLogCallback) XGBRegisterLogCallback;
+    __typeof__(&XGBSetGlobalConfig) XGBSetGlobalConfig;
+    __typeof__(&XGDMatrixCreateFromMat) XGDMatrixCreateFromMat;
+    __typeof__(&XGDMatrixSetFloatInfo) XGDMatrixSetFloatInfo;
+    __typeof__(&XGDMatrixSetStrFeatureInfo) XGDMatrixSetStrFeatureInfo;
+    __typeof__(&XGDMatrixFree) XGDMatrixFree;
+    __typeof__(&XGBoosterCreate) XGBoosterCreate;
+    __typeof__(&XGBoosterSetParam) XGBoosterSetParam;
+    __typeof__(&XGBoosterUpdateOneIter) XGBoosterUpdateOneIter;
+    __typeof__(&XGBoosterEvalOneIter) XGBoosterEvalOneIter;
+    __typeof__(&XGBoosterSaveModelToBuffer) XGBoosterSaveModelToBuffer;
+    __typeof__(&XGBoosterFree) XGBoosterFree;
+} xgb;
+static pthread_once_t xgb_once = PTHREAD_ONCE_INIT;
+static char xgb_load_error[256];
+
+static void xgb_load(void)
 {
-    XGBRegisterLogCallback(xgb_log);
-    XGBSetGlobalConfig("{\"verbosity\": 1}");
+    void *h = dlopen("libxgboost.so.0", RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        snprintf(xgb_load_error, sizeof(xgb_load_error), "%s", dlerror());
+        return;
+    }
+#define LOAD(name)                                                                    \
+    do {                                                                              \
+        *(void **)&xgb.name = dlsym(h, #name);                                        \
+        if (!xgb.name && !xgb_load_error[0])                                          \
+            snprintf(xgb_load_error, sizeof(xgb_load_error), "libxgboost lacks %s", #name); \
+    } while (0)
+    LOAD(XGBGetLastError);
+    LOAD(XGBRegisterLogCallback);
+    LOAD(XGBSetGlobalConfig);
+    LOAD(XGDMatrixCreateFromMat);
+    LOAD(XGDMatrixSetFloatInfo);
+    LOAD(XGDMatrixSetStrFeatureInfo);
+    LOAD(XGDMatrixFree);
+    LOAD(XGBoosterCreate);
+    LOAD(XGBoosterSetParam);
+    LOAD(XGBoosterUpdateOneIter);
+    LOAD(XGBoosterEvalOneIter);
+    LOAD(XGBoosterSaveModelToBuffer);
+    LOAD(XGBoosterFree);
+#undef LOAD
+    if (xgb_load_error[0])
+        return;
+    xgb.XGBRegisterLogCallback(xgb_log);
+    xgb.XGBSetGlobalConfig("{\"verbosity\": 1}");
+}
+
+#define XGBGetLastError            (xgb.XGBGetLastError)
+#define XGDMatrixCreateFromMat     (xgb.XGDMatrixCreateFromMat)
+#define XGDMatrixSetFloatInfo      (xgb.XGDMatrixSetFloatInfo)
+#define XGDMatrixSetStrFeatureInfo (xgb.XGDMatrixSetStrFeatureInfo)
+#define XGDMatrixFree              (xgb.XGDMatrixFree)
+#define XGBoosterCreate            (xgb.XGBoosterCreate)
+#define XGBoosterSetParam          (xgb.XGBoosterSetParam)
+#define XGBoosterUpdateOneIter     (xgb.XGBoosterUpdateOneIter)
+#define XGBoosterEvalOneIter       (xgb.XGBoosterEvalOneIter)
+#define XGBoosterSaveModelToBuffer (xgb.XGBoosterSaveModelToBuffer)
+#define XGBoosterFree              (xgb.XGBoosterFree)
+
+/* Load libxgboost once; LOOM_EUNSUPPORTED with the reason if it cannot be. */
+static loom_err xgb_ready(struct loom_error *err)
+{
+    pthread_once(&xgb_once, xgb_load);
+    if (xgb_load_error[0])
+        return loom_error_set(err, LOOM_EUNSUPPORTED,
+                              "cannot load libxgboost (Debian package libxgboost0): %s",
+                              xgb_load_error);
+    return LOOM_OK;
 }
 
 /* libxgboost's last error without its "[time] file:line: " prefix. */
@@ -226,6 +301,8 @@ out:
 loom_err trn_train_xgb(const struct trn_train_in *in, struct trn_train_out *out,
                        struct loom_error *err)
 {
+    if (xgb_ready(err))
+        return err->code;
     const struct trn_spec *spec = in->spec;
     loom_err e = LOOM_OK;
     DMatrixHandle dtr = NULL, dva = NULL;
@@ -278,6 +355,8 @@ out:
 /* Two rounds on four rows with the spec's parameters, so that libxgboost validates them. */
 static loom_err dry_run(const struct trn_spec *spec, size_t nfeat, struct loom_error *err)
 {
+    if (xgb_ready(err))
+        return err->code;
     size_t n = 4;
     float *x = loom_calloc(n * nfeat, sizeof(float));
     float y[4] = { 0, 1, 0, 1 };
@@ -316,6 +395,10 @@ loom_err trn_xgb_check_params(const struct trn_spec *spec, size_t nfeat, char *f
     loom_err e = dry_run(spec, nfeat, err);
     if (!e)
         return LOOM_OK;
+    if (e == LOOM_EUNSUPPORTED) { /* no libxgboost here: the linear backend still works */
+        snprintf(field, field_cap, "backend");
+        return e;
+    }
     /* Find the parameter to blame: the first that fails on its own. */
     snprintf(field, field_cap, "params");
     for (size_t i = 0; i < spec->nparams; i++) {

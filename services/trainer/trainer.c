@@ -131,7 +131,6 @@ static loom_err trn_init(struct loom_svc *svc, struct loom_error *err)
         goto fail;
     if (trn_jobs_recover(trn, err))
         goto fail;
-    trn_xgb_init();
     trn_metrics_init(trn);
     loom_svc_set_state(svc, trn);
     return LOOM_OK;

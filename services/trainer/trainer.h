@@ -207,8 +207,6 @@ bool trn_xgb_param_ok(const char *name);
  * now rather than a failed job later. `field` gets "params.<name>" when one is named. */
 loom_err trn_xgb_check_params(const struct trn_spec *spec, size_t nfeat, char *field,
                               size_t field_cap, struct loom_error *err);
-/* Route libxgboost's log lines into loom's log. */
-void trn_xgb_init(void);
 
 /* ---- evaluation (evaluate.c) ---- */
 
