@@ -998,20 +998,34 @@ static int64_t scalar(sqlite3 *db, const char *sql, const char *group)
 static loom_err sq_group_list(struct loom_bus *bus, loom_bus_group_fn fn, void *arg,
                               struct loom_error *err)
 {
+    /* The names are collected first and fn runs unlocked: it may well call back into the
+     * bus (loom_bus_group_info), which takes the same lock. */
     struct sq_bus *b = loom_bus_impl(bus);
+    char **names = NULL;
+    size_t n = 0, cap = 0;
     pthread_mutex_lock(&b->mu);
     sqlite3_stmt *st;
     loom_err e = prep(b->db, "SELECT name FROM bus_groups ORDER BY name", &st, err);
     if (!e) {
         int rc;
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW &&
-               !(e = fn((const char *)sqlite3_column_text(st, 0), arg)))
-            ;
-        if (!e && rc != SQLITE_DONE)
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            if (n == cap) {
+                cap = cap ? 2 * cap : 16;
+                names = loom_realloc(names, cap * sizeof(*names));
+            }
+            names[n++] = loom_strdup((const char *)sqlite3_column_text(st, 0));
+        }
+        if (rc != SQLITE_DONE)
             e = sq_error(b->db, rc, err, "list groups");
         sqlite3_finalize(st);
     }
     pthread_mutex_unlock(&b->mu);
+    for (size_t i = 0; i < n; i++) {
+        if (!e)
+            e = fn(names[i], arg);
+        free(names[i]);
+    }
+    free(names);
     return e;
 }
 

@@ -18,8 +18,8 @@
 
 static const struct loom_conf_field ing_fields[] = {
     LOOM_CONF_SECRET_FIELD(struct ing_conf, bus, "bus", STRING, "",
-                           "The event bus: sqlite:PATH or nats://HOST:PORT[,HOST:PORT] "
-                           "(default: sqlite:<data-dir>/bus.db)."),
+                           "The event bus, if not the one every service shares (--bus): "
+                           "sqlite:PATH or nats://HOST:PORT[,HOST:PORT]."),
     LOOM_CONF_SECRET_FIELD(struct ing_conf, store, "store", STRING, "",
                            "The SQL store for stream contracts: sqlite:PATH or "
                            "postgres://USER:PASSWORD@HOST:PORT/DB (default: "
@@ -182,7 +182,7 @@ static loom_err ing_init(struct loom_svc *svc, struct loom_error *err)
         loom_error_prefix(err, "ingest store");
         goto fail;
     }
-    url = default_url(ing->conf->bus, data_dir, "bus.db");
+    url = loom_svc_bus_url(svc, ing->conf->bus);
     struct loom_bus_options bo = { .client_name = "loom-ingest" };
     e = loom_bus_open(url, &bo, &ing->bus, err);
     free(url);

@@ -19,10 +19,12 @@ import sqlite3
 import threading
 import time
 
+import subprocess
+
 import pytest
 import requests
 
-from conftest import free_port, run_loom
+from conftest import LOOM_BIN, free_port, run_loom
 
 CONTRACT = {
     "kind": "data",
@@ -369,6 +371,27 @@ def test_metrics_count_accepted_and_rejected_per_stream(ingest):
     assert 'loom_ingest_records_total{stream="transactions",outcome="rejected"} 1' in text
     assert "loom_ingest_publish_seconds_count" in text
     assert "loom_ingest_inflight_bytes 0" in text
+    # A consumer group on the bus shows up with its lag (refreshed every 5 s).
+    tool = os.path.join(os.path.dirname(LOOM_BIN), "tests", "bus_tool")
+    if not os.access(tool, os.X_OK):
+        return
+    p = subprocess.Popen([tool, "latency", "--bus", f"sqlite:{ing.bus_db}", "--group", "watch"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert p.stdout.readline().strip() == "subscribed"
+        assert ing.post("transactions", records(3, start=50)).status_code == 200
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline:
+            text = requests.get(ing.url("/metrics"), timeout=10).text
+            if 'loom_ingest_bus_lag_events{group="watch"}' in text:
+                break
+            time.sleep(0.5)
+        assert 'loom_ingest_bus_lag_events{group="watch"}' in text, text
+        # The service still answers (reading the lag does not hold the bus).
+        assert ing.post("transactions", records(1, start=60)).status_code == 200
+    finally:
+        p.terminate()
+        p.wait(10)
 
 
 def test_cli_streams_a_file(ingest, tmp_path):

@@ -14,7 +14,12 @@
  *       id in loom_processed and inserts a row into `effects` (no unique key: a second
  *       application would show as a second row) in one transaction.
  *
- * Both print progress lines to stdout and exit 0 on SIGTERM or SIGINT.
+ *   bus_tool latency --bus URL [--group G] [--filter F]
+ *       for bench/bus.sh: reads events whose data.record.sent_ns is the wall time a client sent
+ *       them, and on SIGTERM prints `RESULT count=N p50_ms=.. p99_ms=.. max_ms=..`: the time
+ *       from the client's POST to a consumer seeing the event.
+ *
+ * All print progress lines to stdout and exit 0 on SIGTERM or SIGINT.
  */
 #include <loom/bus.h>
 #include <loom/event.h>
@@ -251,10 +256,83 @@ static int consume(int argc, char **argv, struct loom_bus *bus, struct loom_stor
     return 0;
 }
 
+/* ---- latency ---- */
+
+struct latency {
+    pthread_mutex_t mu;
+    double *ms;
+    size_t n, cap;
+};
+
+static void on_latency(struct loom_bus_msg *const *msgs, size_t n, void *arg)
+{
+    struct latency *l = arg;
+    int64_t now = loom_wall_ns();
+    struct loom_arena a;
+    loom_arena_init(&a, 0);
+    for (size_t i = 0; i < n; i++) {
+        loom_arena_reset(&a);
+        struct loom_event ev;
+        struct loom_json_doc doc;
+        if (loom_event_parse(msgs[i]->data.ptr, msgs[i]->data.len, &a, &ev, NULL) ||
+            loom_json_parse(ev.data.ptr, ev.data.len, NULL, &a, &doc, NULL))
+            continue;
+        int rec = loom_json_obj_get(&doc, 0, "record");
+        int t = rec >= 0 ? loom_json_obj_get(&doc, rec, "sent_ns") : -1;
+        int64_t sent;
+        if (t < 0 || loom_json_to_i64(&doc, t, &sent) || sent <= 0)
+            continue;
+        pthread_mutex_lock(&l->mu);
+        if (l->n == l->cap) {
+            l->cap = l->cap ? 2 * l->cap : 65536;
+            l->ms = loom_realloc(l->ms, l->cap * sizeof(*l->ms));
+        }
+        l->ms[l->n++] = (double)(now - sent) / 1e6;
+        pthread_mutex_unlock(&l->mu);
+    }
+    loom_arena_release(&a);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int latency(int argc, char **argv, struct loom_bus *bus)
+{
+    struct loom_error err = { 0 };
+    struct latency l = { .mu = PTHREAD_MUTEX_INITIALIZER };
+    struct loom_bus_sub_options so = {
+        .group = opt(argc, argv, "--group", "bench-latency"),
+        .filter = opt(argc, argv, "--filter", "loom.data.ingested.>"),
+        .start = LOOM_BUS_START_NEW,
+        .batch = 256,
+        .on_batch = on_latency,
+        .arg = &l,
+    };
+    struct loom_bus_sub *sub = NULL;
+    if (loom_bus_subscribe(bus, &so, &sub, &err))
+        die("subscribe", &err);
+    printf("subscribed\n");
+    fflush(stdout);
+    while (!atomic_load(&stopping))
+        sleep_ns(50 * LOOM_NS_PER_MS);
+    loom_bus_sub_stop(sub);
+    qsort(l.ms, l.n, sizeof(*l.ms), cmp_double);
+    double p50 = l.n ? l.ms[l.n / 2] : 0, p99 = l.n ? l.ms[(size_t)((double)l.n * 0.99)] : 0;
+    printf("RESULT count=%zu p50_ms=%.2f p99_ms=%.2f max_ms=%.2f\n", l.n, p50, p99,
+           l.n ? l.ms[l.n - 1] : 0.0);
+    free(l.ms);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 2 || (strcmp(argv[1], "produce") && strcmp(argv[1], "consume"))) {
-        fprintf(stderr, "usage: bus_tool produce|consume --bus URL --store URL [options]\n");
+    if (argc < 2 ||
+        (strcmp(argv[1], "produce") && strcmp(argv[1], "consume") && strcmp(argv[1], "latency"))) {
+        fprintf(stderr, "usage: bus_tool produce|consume|latency --bus URL [--store URL] "
+                        "[options]\n");
         return 2;
     }
     static sigset_t set;
@@ -274,6 +352,11 @@ int main(int argc, char **argv)
     struct loom_bus_options bo = { .client_name = argv[1] };
     if (loom_bus_open(opt(argc, argv, "--bus", ""), &bo, &bus, &err))
         die("bus", &err);
+    if (strcmp(argv[1], "latency") == 0) {
+        int rc = latency(argc, argv, bus);
+        loom_bus_close(bus);
+        return rc;
+    }
     if (loom_store_open(opt(argc, argv, "--store", ""), NULL, &store, &err))
         die("store", &err);
     int rc = strcmp(argv[1], "produce") == 0 ? produce(argc, argv, bus, store)
