@@ -9,6 +9,7 @@
  * 100-continue, so a refusal (unknown stream, busy service) comes before the body is sent; a
  * 503 is retried after its Retry-After (resending is safe: record ids make it idempotent).
  */
+#include "cmd.h"
 #include "ingest/ingest.h"
 
 #include <loom/core.h>
@@ -25,8 +26,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
-
-int cmd_ingest(int argc, char **argv);
 
 struct target {
     char host[256];
