@@ -24,6 +24,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1618,6 +1619,10 @@ void loom_http_server_free(struct loom_http_server *s)
 struct loom_http_server *loom_http_server_new(const struct loom_http_server_config *config,
                                               struct loom_error *err)
 {
+    /* sendfile(2) has no MSG_NOSIGNAL: a peer that leaves mid-file would kill the process. */
+    struct sigaction pipe_sa;
+    if (sigaction(SIGPIPE, NULL, &pipe_sa) == 0 && pipe_sa.sa_handler == SIG_DFL)
+        signal(SIGPIPE, SIG_IGN);
     struct loom_http_server *s = loom_new(struct loom_http_server);
     s->cfg = *config;
     struct loom_http_limits *l = &s->cfg.limits;
