@@ -574,8 +574,10 @@ static bool run_tx(struct reg_op *op, struct tx *t)
         reg_op_store_error(op, e, &err);
         return false;
     }
-    if (t->changed)
+    if (t->changed) {
+        loom_outbox_relay_kick(op->reg->relay);
         reg_refresh_gauges(op->reg);
+    }
     return true;
 }
 

@@ -9,6 +9,10 @@
  * (model, seq) is the primary key, so two writers racing on one model cannot both append the
  * same seq; the loser's transaction is rolled back and run again (LOOM_EBUSY to loom_store_tx),
  * and sees the winner's change. The log of a deleted model stays, as an audit trail.
+ *
+ * The same transaction queues the event in the outbox (loom/outbox.h), so the bus gets every
+ * committed event and none that was rolled back: a CloudEvent with the log's id and time,
+ * source /loom/registry, subject the model's name, and the log's data with "model" first.
  */
 #include "registry/registry.h"
 
@@ -70,6 +74,42 @@ static loom_err get_i64(const struct loom_sql_row *row, void *arg)
     return LOOM_OK;
 }
 
+/* The event as published: {"model": <name>, <the log's data members>}. */
+static loom_err queue_event(struct loom_db *db, struct loom_str model, enum reg_event_type type,
+                            const char *id, int64_t time_ms, struct loom_str data,
+                            struct loom_error *err)
+{
+    struct loom_buf b;
+    loom_buf_init(&b, 0);
+    struct loom_json_writer w;
+    loom_json_writer_init(&w, &b);
+    loom_json_write_object_begin(&w);
+    loom_json_write_key(&w, "model");
+    loom_json_write_str(&w, model);
+    loom_json_write_object_end(&w);
+    loom_json_writer_finish(&w);
+    /* data is an object the registry wrote: splice its members in after "model". */
+    size_t i = 1;
+    while (i < data.len && (data.ptr[i] == ' ' || data.ptr[i] == '\n'))
+        i++;
+    if (i < data.len && data.ptr[i] != '}') {
+        b.len--; /* the closing brace */
+        loom_buf_append(&b, ",", 1);
+        loom_buf_append(&b, data.ptr + i, data.len - i);
+    }
+    struct loom_event_spec spec = {
+        .id = loom_str_cstr(id),
+        .source = "/loom/registry",
+        .type = reg_event_types[type],
+        .subject = model,
+        .time_ns = time_ms * (int64_t)LOOM_NS_PER_MS,
+        .data = loom_buf_str(&b),
+    };
+    loom_err e = loom_outbox_add_event(db, &spec, NULL, NULL, err);
+    loom_buf_release(&b);
+    return e;
+}
+
 loom_err reg_emit(struct loom_db *db, struct loom_str model, enum reg_event_type type,
                   struct loom_str data, int64_t *time_ms_out, struct loom_error *err)
 {
@@ -99,6 +139,8 @@ loom_err reg_emit(struct loom_db *db, struct loom_str model, enum reg_event_type
     if (e)
         return e;
     e = reg_apply(db, model, loom_str_cstr(reg_event_types[type]), now_ms, data, err);
+    if (!e)
+        e = queue_event(db, model, type, id, now_ms, data, err);
     if (!e && time_ms_out)
         *time_ms_out = now_ms;
     return e;

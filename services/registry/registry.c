@@ -2,12 +2,13 @@
 /*
  * The registry service table: settings, init (open the store and apply the schema, prepare the
  * artifact directories and delete unfinished uploads, optionally rebuild the projections from
- * the event log) and fini. Everything here runs on the main thread before the loops start, so
- * it may block.
+ * the event log, open the bus and start the outbox relay that publishes the log's events) and
+ * fini. Everything here runs on the main thread before the loops start, so it may block.
  */
 #include "registry/registry.h"
 
 #include <loom/log.h>
+#include <loom/outbox.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -40,6 +41,10 @@ static char *join(const char *dir, const char *name)
 
 static void reg_free(struct reg_service *reg)
 {
+    if (reg->relay)
+        loom_outbox_relay_stop(reg->relay);
+    if (reg->bus)
+        loom_bus_close(reg->bus);
     if (reg->store)
         loom_store_close(reg->store);
     free(reg->artifacts_dir);
@@ -81,6 +86,8 @@ static loom_err reg_init(struct loom_svc *svc, struct loom_error *err)
         goto fail;
     }
     e = loom_store_migrate(reg->store, "registry", reg_migrations, reg_nmigrations, err);
+    if (!e)
+        e = loom_outbox_migrate(reg->store, err);
     if (!e && reg->conf->rebuild_projections)
         e = reg_rebuild(reg->store, err);
     if (e) {
@@ -98,8 +105,28 @@ static loom_err reg_init(struct loom_svc *svc, struct loom_error *err)
     for (int i = 0; i < REG_EV__COUNT; i++)
         reg->c_events[i] = loom_counter_get(f, &reg_event_types[i]);
     reg_refresh_gauges(reg);
+    /* Events reach the bus through the outbox: reg_emit queues each one in the transaction that
+     * appends it to the log, and the relay publishes it once that commits. */
+    url = loom_svc_bus_url(svc, NULL);
+    struct loom_bus_options bo = { .client_name = "loom-registry" };
+    e = loom_bus_open(url, &bo, &reg->bus, err);
+    free(url);
+    if (e) {
+        reg->bus = NULL;
+        loom_error_prefix(err, "registry bus");
+        goto fail;
+    }
+    struct loom_outbox_relay_options ro = {
+        .store = reg->store, .bus = reg->bus, .metrics = m, .metrics_owner = "registry"
+    };
+    if ((e = loom_outbox_relay_start(&ro, &reg->relay, err))) {
+        reg->relay = NULL;
+        loom_error_prefix(err, "registry outbox");
+        goto fail;
+    }
     LOOM_LOG_KV(LOOM_LOG_INFO, "registry store ready",
                 LOOM_KV_CSTR("backend", loom_store_backend(reg->store)),
+                LOOM_KV_CSTR("bus", loom_bus_backend(reg->bus)),
                 LOOM_KV_CSTR("artifacts", reg->artifacts_dir));
     loom_svc_set_state(svc, reg);
     return LOOM_OK;

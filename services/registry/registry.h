@@ -19,6 +19,7 @@
 #include <loom/http.h>
 #include <loom/json.h>
 #include <loom/metrics.h>
+#include <loom/outbox.h>
 #include <loom/service.h>
 #include <loom/store.h>
 
@@ -54,6 +55,8 @@ struct reg_service {
     struct loom_svc *svc;
     struct loom_pool *pool;
     struct loom_store *store;
+    struct loom_bus *bus;             /* where the log's events are published */
+    struct loom_outbox_relay *relay;  /* publishes the outbox of `store` to `bus` */
     char *artifacts_dir; /* <dir> */
     char *tmp_dir;       /* <dir>/tmp: uploads in progress */
     /* metrics */
@@ -136,8 +139,9 @@ extern const struct loom_migration reg_migrations[];
 extern const size_t reg_nmigrations;
 
 /*
- * Append an event to `model`'s log (the next seq, a new UUIDv7 id, the current time) and apply
- * it to the projections, in the caller's transaction. `data` is a JSON object. On success
+ * Append an event to `model`'s log (the next seq, a new UUIDv7 id, the current time), apply it
+ * to the projections and queue it in the outbox as a CloudEvent (same id and time, subject the
+ * model, data the log's with "model" added), in the caller's transaction. `data` is a JSON object. On success
  * *time_ms_out (may be NULL) is the event's time. LOOM_EBUSY when another writer took the same
  * seq (the transaction is then retried by loom_store_tx).
  */
