@@ -36,10 +36,17 @@ static const struct loom_conf_field inf_fields[] = {
     LOOM_CONF_FIELD(struct inf_conf, models, "models", LIST, NULL,
                     "Registry models to serve, as name@alias or name:version (served under their "
                     "name; aliases are followed as they move)."),
-    LOOM_CONF_RANGE_FIELD(struct inf_conf, registry_poll, "registry-poll", DURATION, "5s",
+    LOOM_CONF_FIELD(struct inf_conf, registry_events, "registry-events", BOOL, "true",
+                    "Follow the registry's events on the bus (--bus): a moved alias is served "
+                    "within moments."),
+    LOOM_CONF_FIELD(struct inf_conf, bus_group, "bus-group", STRING, "",
+                    "The bus group this replica reads the registry's events with; each replica "
+                    "needs its own (default: inference-<hostname>-<listen port>)."),
+    LOOM_CONF_RANGE_FIELD(struct inf_conf, registry_poll, "registry-poll", DURATION, "1m",
                           (int64_t)100 * (int64_t)LOOM_NS_PER_MS,
                           (int64_t)24 * 3600 * (int64_t)LOOM_NS_PER_SEC,
-                          "How often to check the registry for moved aliases."),
+                          "How often to check the registry anyway: the safety net behind the "
+                          "events, and the only way with --inference.registry-events=false."),
     LOOM_CONF_RANGE_FIELD(struct inf_conf, registry_max_batch_size, "registry-max-batch-size", INT,
                           "1024", 0, 1 << 24,
                           "max_batch_size of registry models whose version has no serving config."),

@@ -19,6 +19,7 @@
 #ifndef LOOM_SVC_INFERENCE_H
 #define LOOM_SVC_INFERENCE_H
 
+#include <loom/bus.h>
 #include <loom/digest.h>
 #include <loom/http.h>
 #include <loom/metrics.h>
@@ -46,6 +47,8 @@ struct inf_conf {
     struct loom_conf_list models; /* registry references served: name@alias or name:version */
     uint64_t registry_poll;
     int64_t registry_max_batch_size;
+    bool registry_events;  /* follow the registry's events on the bus (--bus) */
+    const char *bus_group; /* the bus group; "" means inference-<host>-<listen port> */
 };
 
 /* ---- model configuration (Triton names, JSON form) ---- */
@@ -213,6 +216,9 @@ struct inf_service {
     atomic_bool poll_running;
     struct loom_timer registry_timer;
     atomic_bool registry_running;
+    struct loom_bus *bus;         /* with --inference.models: the registry's events... */
+    struct loom_bus_sub *reg_sub; /* ...through this subscription (NULL until subscribed) */
+    char bus_group[LOOM_BUS_GROUP_MAX + 1];
     char *cache_dir; /* <data-dir>/inference-cache: artifacts downloaded from the registry */
     /* stats survive reloads: one per model name and version */
     pthread_mutex_t stats_mu;

@@ -9,6 +9,7 @@
  */
 #include "inference/inference.h"
 
+#include <loom/event.h>
 #include <loom/http_client.h>
 #include <loom/json.h>
 #include <loom/log.h>
@@ -917,14 +918,15 @@ out:
     return data;
 }
 
-/* Serve what registry reference `ref` resolves to now. Under ctl_mu. */
-static void sync_registry_ref(struct inf_service *inf, const char *ref)
+/* Serve what registry reference `ref` resolves to now. Under ctl_mu. LOOM_OK, or why not (the
+ * model then keeps serving what it served, with the reason recorded). */
+static loom_err sync_registry_ref(struct inf_service *inf, const char *ref)
 {
     char name[201];
     if (!ref_name(ref, name, sizeof(name))) {
         LOOM_LOG_KV(LOOM_LOG_ERROR, "bad registry reference (want name@alias or name:version)",
                     LOOM_KV_CSTR("ref", ref));
-        return;
+        return LOOM_EINVAL;
     }
     struct ctl_model *m = ctl_find(inf->ctl, name, true);
     m->from_registry = true;
@@ -942,7 +944,7 @@ static void sync_registry_ref(struct inf_service *inf, const char *ref)
     if (m->nversions == 1 && m->versions[0].v && m->versions[0].version == r.version &&
         strcmp(m->versions[0].v->digest, r.hex) == 0) {
         free(r.serving);
-        return; /* already serving it */
+        return LOOM_OK; /* already serving it */
     }
     size_t len = 0;
     struct stat st;
@@ -981,7 +983,7 @@ static void sync_registry_ref(struct inf_service *inf, const char *ref)
     LOOM_LOG_KV(LOOM_LOG_INFO, "model loaded from the registry", LOOM_KV_CSTR("ref", ref),
                 LOOM_KV_INT("version", r.version), LOOM_KV_CSTR("digest", r.hex));
     free(r.serving);
-    return;
+    return LOOM_OK;
 fail:
     free(r.serving);
     if (!m->reason || !strstr(m->reason, err.msg)) /* once per distinct reason, not per poll */
@@ -996,12 +998,112 @@ fail:
         m->state = INF_UNAVAILABLE;
         set_reason(&m->reason, "%s", err.msg);
     }
+    return err.code ? err.code : LOOM_EIO;
 }
 
 static void sync_registry(struct inf_service *inf)
 {
     for (size_t i = 0; i < inf->conf->models.n; i++)
         sync_registry_ref(inf, inf->conf->models.items[i]);
+}
+
+/* ---- registry events: aliases that move ---- */
+
+/*
+ * A registry event (loom.model.*, published through the registry's outbox) about a model this
+ * replica serves from the registry: serve again what its references resolve to. The effect is
+ * idempotent (it makes what is served match what the registry answers now), so a redelivered
+ * or late event changes nothing, and events of models served from elsewhere are acked at
+ * once. Runs on the subscription's own thread, which may block on the registry as the poll
+ * does. A registry that does not answer makes it retry with the bus's backoff; after the last
+ * attempt the event is acked, and the poll catches up.
+ */
+static enum loom_bus_verdict on_registry_event(struct loom_bus_msg *msg, void *arg)
+{
+    struct inf_service *inf = arg;
+    struct loom_arena arena;
+    loom_arena_init(&arena, 0);
+    struct loom_event ev;
+    struct loom_error err = { 0 };
+    enum loom_bus_verdict verdict = LOOM_BUS_ACK;
+    if (loom_event_parse(msg->data.ptr, msg->data.len, &arena, &ev, &err)) {
+        snprintf(msg->reason, sizeof(msg->reason), "%s", err.msg);
+        verdict = LOOM_BUS_PARK;
+        goto out;
+    }
+    if (atomic_load(&inf->stopping) || !ev.subject.len)
+        goto out;
+    loom_err failed = LOOM_OK;
+    bool ours = false;
+    pthread_mutex_lock(&inf->ctl_mu);
+    for (size_t i = 0; i < inf->conf->models.n; i++) {
+        const char *ref = inf->conf->models.items[i];
+        char name[201];
+        if (!ref_name(ref, name, sizeof(name)) || !loom_str_eq_cstr(ev.subject, name))
+            continue;
+        ours = true;
+        loom_err e = sync_registry_ref(inf, ref);
+        if (e && e != LOOM_ENOTFOUND && e != LOOM_EINVAL)
+            failed = e;
+    }
+    if (ours)
+        publish(inf);
+    pthread_mutex_unlock(&inf->ctl_mu);
+    if (ours)
+        LOOM_LOG_KV(LOOM_LOG_DEBUG, "registry event applied", LOOM_KV_STR("type", ev.type),
+                    LOOM_KV_STR("model", ev.subject), LOOM_KV_STR("id", ev.id));
+    if (failed && msg->attempt < loom_bus_sub_options(msg->sub)->max_deliver) {
+        snprintf(msg->reason, sizeof(msg->reason), "the registry did not answer: %s",
+                 loom_strerror(failed));
+        verdict = LOOM_BUS_RETRY;
+    }
+out:
+    loom_arena_release(&arena);
+    return verdict;
+}
+
+/* Join the bus group that follows the registry's model events. Pool thread or init. */
+static loom_err subscribe_registry(struct inf_service *inf, struct loom_error *err)
+{
+    struct loom_bus_sub_options o = {
+        .group = inf->bus_group,
+        .filter = "loom.model.>",
+        .start = LOOM_BUS_START_NEW, /* what happened before is read from the registry */
+        .batch = 16,
+        .on_msg = on_registry_event,
+        .arg = inf,
+        .metrics = loom_metrics_global(),
+        .metrics_owner = "inference",
+    };
+    loom_err e = loom_bus_subscribe(inf->bus, &o, &inf->reg_sub, err);
+    if (e) {
+        inf->reg_sub = NULL;
+        return loom_error_prefix(err, "inference: following the registry's events");
+    }
+    LOOM_LOG_KV(LOOM_LOG_INFO, "following the registry's events",
+                LOOM_KV_CSTR("bus", loom_bus_backend(inf->bus)),
+                LOOM_KV_CSTR("group", inf->bus_group));
+    return LOOM_OK;
+}
+
+/* The default group: one per replica, stable across its restarts. */
+static void default_group(struct inf_service *inf)
+{
+    char host[256] = "";
+    gethostname(host, sizeof(host) - 1);
+    const char *listen = loom_svc_common(inf->svc)->listen;
+    const char *port = listen ? strrchr(listen, ':') : NULL;
+    char raw[512];
+    snprintf(raw, sizeof(raw), "inference-%s-%s", host[0] ? host : "local",
+             port && port[1] ? port + 1 : "0");
+    size_t n = 0;
+    for (const char *p = raw; *p && n < LOOM_BUS_GROUP_MAX; p++) {
+        char c = *p;
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '-' || c == '_';
+        inf->bus_group[n++] = ok ? c : '_';
+    }
+    inf->bus_group[n] = '\0';
 }
 
 /* ---- pool jobs ---- */
@@ -1033,6 +1135,11 @@ static void job_run(struct loom_work *w)
         sync_all(inf, false);
         break;
     case JOB_REGISTRY:
+        if (inf->bus && !inf->reg_sub) {
+            struct loom_error err = { 0 };
+            if (subscribe_registry(inf, &err) == LOOM_OK)
+                loom_log_info("subscribed to the registry's events after all");
+        }
         sync_registry(inf);
         publish(inf);
         break;
@@ -1187,10 +1294,37 @@ loom_err inf_repo_start(struct inf_service *inf, struct loom_error *err)
     if (stat(inf->repo_dir, &st) < 0 || !S_ISDIR(st.st_mode))
         return loom_error_set(err, LOOM_EINVAL, "--inference.model-repository %s: not a directory",
                               inf->repo_dir);
+    if (inf->conf->models.n && inf->conf->registry_events) {
+        char *url = loom_svc_bus_url(inf->svc, NULL);
+        struct loom_bus_options bo = { .client_name = "loom-inference" };
+        loom_err e = loom_bus_open(url, &bo, &inf->bus, err);
+        free(url);
+        if (e) {
+            inf->bus = NULL;
+            return loom_error_prefix(err, "inference bus");
+        }
+        if (inf->conf->bus_group[0])
+            snprintf(inf->bus_group, sizeof(inf->bus_group), "%s", inf->conf->bus_group);
+        else
+            default_group(inf);
+        if (!loom_bus_group_valid(loom_str_cstr(inf->bus_group))) {
+            loom_bus_close(inf->bus);
+            inf->bus = NULL;
+            return loom_error_set(err, LOOM_EINVAL,
+                                  "--inference.bus-group \"%s\": 1 to 64 of A-Z a-z 0-9 _ -",
+                                  inf->bus_group);
+        }
+    }
     inf->ctl = loom_new(struct inf_ctl);
     pthread_mutex_init(&inf->ctl_mu, NULL);
     pthread_mutex_init(&inf->retire_mu, NULL);
     atomic_store(&inf->snap, loom_new(struct inf_snapshot));
+    if (inf->bus) {
+        struct loom_error serr = { 0 };
+        if (subscribe_registry(inf, &serr))
+            LOOM_LOG_KV(LOOM_LOG_WARN, "not following the registry's events yet: polling",
+                        LOOM_KV_CSTR("reason", serr.msg));
+    }
     struct ctl_job *j = loom_new(struct ctl_job);
     j->kind = JOB_STARTUP;
     loom_err e = submit(inf, inf->loops[0].loop, j);
@@ -1209,6 +1343,13 @@ loom_err inf_repo_start(struct inf_service *inf, struct loom_error *err)
 
 void inf_repo_stop(struct inf_service *inf)
 {
+    atomic_store(&inf->stopping, true);
+    if (inf->reg_sub)
+        loom_bus_sub_stop(inf->reg_sub);
+    inf->reg_sub = NULL;
+    if (inf->bus)
+        loom_bus_close(inf->bus);
+    inf->bus = NULL;
     if (!inf->ctl)
         return;
     /* The loops have stopped and the pool is gone: nothing else touches these now. */

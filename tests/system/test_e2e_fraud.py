@@ -48,7 +48,7 @@ def platform():
     base = {svc: f"http://127.0.0.1:{p}" for svc, p in ports.items()}
     args = [LOOM, "serve", "registry", "trainer", "inference", f"--data-dir={tmp}/data",
             f"--trainer.registry={base['registry']}", f"--inference.registry={base['registry']}",
-            "--inference.models=fraud@production", "--inference.registry-poll=200ms"]
+            "--inference.models=fraud@production"]  # alias moves arrive as bus events
     args += [f"--{svc}.listen=127.0.0.1:{p}" for svc, p in ports.items()]
     log = open(f"{tmp}/loom.log", "w")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
@@ -125,7 +125,7 @@ def test_fraud_product_end_to_end(platform):
     # Not served until production points at it.
     assert requests.get(f"{base['inference']}/v2/models/fraud/ready", timeout=5).status_code != 200
     cli(platform, "models", "alias", "set", "fraud@production", "1")
-    wait_ready(f"{base['inference']}/v2/models/fraud/ready", deadline=15)
+    wait_ready(f"{base['inference']}/v2/models/fraud/ready", deadline=5)  # poll: 1 min
     meta = requests.get(f"{base['inference']}/v2/models/fraud", timeout=5).json()
     assert meta["versions"] == ["1"]
 
