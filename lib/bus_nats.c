@@ -928,6 +928,7 @@ struct replay_ctx {
     struct nb_bus *b;
     const char *group;
     uint64_t only;
+    uint64_t last; /* the dead letter's last sequence when the replay began */
     size_t done;
     loom_err e;
     struct loom_error *err;
@@ -936,6 +937,8 @@ struct replay_ctx {
 static loom_err replay_one(const struct loom_bus_parked *p, void *arg)
 {
     struct replay_ctx *r = arg;
+    if (p->pseq > r->last)
+        return LOOM_EAGAIN; /* parked again since the replay began: a later replay's business */
     if (r->only && p->pseq != r->only)
         return LOOM_OK;
     char subject[LOOM_BUS_SUBJECT_MAX + 1], id[160], msgid[LOOM_BUS_GROUP_MAX + 48];
@@ -969,8 +972,21 @@ static loom_err nb_parked_replay(struct loom_bus *bus, const char *group, uint64
 {
     struct nb_bus *b = loom_bus_impl(bus);
     struct replay_ctx r = { .b = b, .group = group, .only = pseq, .err = err };
-    loom_err e =
-        nb_parked_list(bus, group, pseq ? pseq - 1 : 0, pseq ? 1 : SIZE_MAX, replay_one, &r, err);
+    /* The group's consumer may park a replayed event again while we walk the dead letter: stop
+     * at what was there when we began, or a poison event would be replayed round and round. */
+    loom_err e = ensure_streams(b, err);
+    if (e)
+        return e;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, b->js, b->dlq_stream, NULL, &jerr);
+    if (s != NATS_OK)
+        return nats_error(s, jerr, err, "dead letter info");
+    r.last = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    e = nb_parked_list(bus, group, pseq ? pseq - 1 : 0, pseq ? 1 : SIZE_MAX, replay_one, &r, err);
+    if (e == LOOM_EAGAIN)
+        e = LOOM_OK;
     if (e)
         return e;
     if (pseq && r.done == 0)
