@@ -28,5 +28,6 @@ int cmd_datasets(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_ingest(int argc, char **argv);
+int cmd_events(int argc, char **argv);
 
 #endif

@@ -18,6 +18,7 @@ static const struct loom_cmd commands[] = {
     { "models", "Models in the registry: list, show, push, alias", cmd_models },
     { "predict", "Send rows to a served model and print its outputs", cmd_predict },
     { "ingest", "Send a file of records (JSON array or NDJSON, gzip or not) to an event stream", cmd_ingest },
+    { "events", "The event bus: publish an event, consumer groups, dead letters, replay", cmd_events },
     { "clients", "API clients of the identity service: create, list, rotate...", cmd_clients },
     { "demo", "Reference data: loom demo data fraud --rows N --seed S [--bias B]", cmd_demo },
     { "version", "Print the version", cmd_version },

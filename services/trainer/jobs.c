@@ -21,9 +21,11 @@
  */
 #include "trainer/trainer.h"
 
+#include <loom/event.h>
 #include <loom/id.h>
 #include <loom/log.h>
 #include <loom/model.h>
+#include <loom/outbox.h>
 
 #include <math.h>
 #include <stdarg.h>
@@ -1105,6 +1107,105 @@ static loom_err insert_tx(struct loom_db *db, void *arg, struct loom_error *err)
                         q, 2, NULL, NULL, NULL, err);
 }
 
+/* Check a parsed spec against its dataset and libxgboost, as a create does. *client tells a
+ * spec that can never be trained (with `field` and err) from a store failure. */
+static loom_err check_spec(struct trn_service *trn, struct trn_spec *spec, char *field,
+                           size_t field_cap, bool *client, struct loom_error *err)
+{
+    struct trn_dataset ds = { 0 };
+    struct loom_db *db;
+    *client = false;
+    loom_err e = loom_store_acquire(trn->store, &db, err);
+    if (e)
+        return e;
+    e = trn_dataset_get(db, spec->dataset, &ds, err);
+    loom_store_release(trn->store, db);
+    if (e == LOOM_ENOTFOUND) {
+        *client = true;
+        snprintf(field, field_cap, "dataset");
+        return loom_error_set(err, LOOM_EINVAL,
+                              "no dataset %s: upload it first (POST /api/v1/datasets, or loom "
+                              "datasets push FILE)",
+                              spec->dataset);
+    }
+    if (e)
+        return e;
+    e = trn_spec_check(spec, &ds, field, field_cap, err);
+    if (!e && spec->backend == TRN_BACKEND_XGBOOST)
+        e = trn_xgb_check_params(spec, spec->nfeatures, field, field_cap, err);
+    trn_dataset_release(&ds);
+    *client = e != LOOM_OK;
+    return e;
+}
+
+/* A job about to be recorded: the job (taking the spec over), its row's insert, and the answer
+ * to a create (its record as JSON). */
+struct new_job {
+    struct trn_job *job;
+    struct loom_buf spec_json, body;
+    struct insert_tx t;
+};
+
+static void new_job_init(struct new_job *nj, struct trn_service *trn, struct trn_spec *spec,
+                         uint64_t created_ns)
+{
+    struct trn_job *job = loom_new(struct trn_job);
+    job->trn = trn;
+    loom_uuid7(job->id);
+    job->created_ns = created_ns;
+    job->spec = *spec;
+    memset(spec, 0, sizeof(*spec));
+    nj->job = job;
+    loom_buf_init(&nj->spec_json, 0);
+    loom_buf_init(&nj->body, 0);
+    struct loom_json_writer w;
+    loom_json_writer_init(&w, &nj->spec_json);
+    trn_spec_json(&w, &job->spec);
+    loom_json_writer_finish(&w);
+    int64_t now = trn_now_ms();
+    nj->t = (struct insert_tx){
+        .id = job->id, .spec = &job->spec, .spec_json = loom_buf_str(&nj->spec_json), .now = now
+    };
+}
+
+/* The answer to a create: after the id is final (an event's job takes a derived one). */
+static void new_job_body(struct new_job *nj)
+{
+    struct trn_job *job = nj->job;
+    struct job_row row = { .created = nj->t.now, .rounds = job->spec.rounds, .metric_last = NAN };
+    snprintf(row.id, sizeof(row.id), "%s", job->id);
+    snprintf(row.status, sizeof(row.status), "queued");
+    snprintf(row.model, sizeof(row.model), "%s", job->spec.model);
+    snprintf(row.dataset, sizeof(row.dataset), "%s", job->spec.dataset);
+    snprintf(row.backend, sizeof(row.backend), "%s",
+             job->spec.backend == TRN_BACKEND_XGBOOST ? "xgboost" : "linear");
+    snprintf(row.objective, sizeof(row.objective), "%s", job->spec.objective);
+    row.spec = nj->spec_json.data;
+    loom_buf_reset(&nj->body);
+    struct loom_json_writer w;
+    loom_json_writer_init(&w, &nj->body);
+    job_json(job->trn, &w, &row, true, true);
+    loom_json_writer_finish(&w);
+    nj->t.body = loom_buf_str(&nj->body);
+}
+
+static void new_job_release(struct new_job *nj, bool free_job)
+{
+    loom_buf_release(&nj->spec_json);
+    loom_buf_release(&nj->body);
+    if (free_job)
+        job_free(nj->job);
+}
+
+static void queued_log(const struct trn_job *job, const char *from)
+{
+    LOOM_LOG_KV(LOOM_LOG_INFO, "training job queued", LOOM_KV_CSTR("job", job->id),
+                LOOM_KV_CSTR("from", from), LOOM_KV_CSTR("model", job->spec.model),
+                LOOM_KV_CSTR("dataset", job->spec.dataset),
+                LOOM_KV_CSTR("objective", job->spec.objective),
+                LOOM_KV_INT("rounds", job->spec.rounds));
+}
+
 static void op_job_create(struct trn_op *op)
 {
     struct create_args *a = op->args;
@@ -1141,77 +1242,28 @@ static void op_job_create(struct trn_op *op)
         }
     }
     char field[128] = "";
-    struct trn_dataset ds = { 0 };
-    struct loom_db *db;
-    if ((e = loom_store_acquire(trn->store, &db, &err)))
-        goto store_error;
-    e = trn_dataset_get(db, a->spec.dataset, &ds, &err);
-    loom_store_release(trn->store, db);
-    if (e == LOOM_ENOTFOUND) {
-        trn_op_problem(op, 400, "dataset",
-                       "no dataset %s: upload it first (POST /api/v1/datasets, or loom datasets "
-                       "push FILE)",
-                       a->spec.dataset);
-        goto client_error;
-    }
-    if (e)
-        goto store_error;
-    e = trn_spec_check(&a->spec, &ds, field, sizeof(field), &err);
-    if (!e && a->spec.backend == TRN_BACKEND_XGBOOST)
-        e = trn_xgb_check_params(&a->spec, a->spec.nfeatures, field, sizeof(field), &err);
-    trn_dataset_release(&ds);
-    if (e) {
+    bool client = false;
+    if ((e = check_spec(trn, &a->spec, field, sizeof(field), &client, &err))) {
+        if (!client)
+            goto store_error;
         trn_op_problem(op, 400, field, "%s", err.msg);
         goto client_error;
     }
-
     /* Record the job and, with a key, its answer, in one transaction. */
-    struct trn_job *job = loom_new(struct trn_job);
-    job->trn = trn;
-    loom_uuid7(job->id);
-    job->created_ns = op->req->start_ns;
-    job->spec = a->spec;
-    memset(&a->spec, 0, sizeof(a->spec));
-    struct loom_buf spec_json, body;
-    loom_buf_init(&spec_json, 0);
-    loom_buf_init(&body, 0);
-    struct loom_json_writer w;
-    loom_json_writer_init(&w, &spec_json);
-    trn_spec_json(&w, &job->spec);
-    loom_json_writer_finish(&w);
-    int64_t now = trn_now_ms();
-    struct job_row row = { .created = now, .rounds = job->spec.rounds, .metric_last = NAN };
-    snprintf(row.id, sizeof(row.id), "%s", job->id);
-    snprintf(row.status, sizeof(row.status), "queued");
-    snprintf(row.model, sizeof(row.model), "%s", job->spec.model);
-    snprintf(row.dataset, sizeof(row.dataset), "%s", job->spec.dataset);
-    snprintf(row.backend, sizeof(row.backend), "%s",
-             job->spec.backend == TRN_BACKEND_XGBOOST ? "xgboost" : "linear");
-    snprintf(row.objective, sizeof(row.objective), "%s", job->spec.objective);
-    row.spec = spec_json.data;
-    loom_json_writer_init(&w, &body);
-    job_json(trn, &w, &row, true, true);
-    loom_json_writer_finish(&w);
-    struct insert_tx t = { .id = job->id,
-                           .key = a->has_key ? a->key : NULL,
-                           .spec = &job->spec,
-                           .spec_json = loom_buf_str(&spec_json),
-                           .body = loom_buf_str(&body),
-                           .now = now };
-    e = loom_store_tx(trn->store, insert_tx, &t, &err);
-    loom_buf_release(&spec_json);
+    struct new_job nj;
+    new_job_init(&nj, trn, &a->spec, op->req->start_ns);
+    new_job_body(&nj);
+    nj.t.key = a->has_key ? a->key : NULL;
+    e = loom_store_tx(trn->store, insert_tx, &nj.t, &err);
     if (e) {
-        loom_buf_release(&body);
-        job_free(job);
+        new_job_release(&nj, true);
         goto store_error;
     }
-    LOOM_LOG_KV(LOOM_LOG_INFO, "training job queued", LOOM_KV_CSTR("job", job->id),
-                LOOM_KV_CSTR("model", job->spec.model), LOOM_KV_CSTR("dataset", job->spec.dataset),
-                LOOM_KV_CSTR("objective", job->spec.objective),
-                LOOM_KV_INT("rounds", job->spec.rounds));
-    snprintf(op->location, sizeof(op->location), "/api/v1/training-jobs/%s", job->id);
-    trn_op_json(op, 201, &body);
-    enqueue(trn, job);
+    queued_log(nj.job, "api");
+    snprintf(op->location, sizeof(op->location), "/api/v1/training-jobs/%s", nj.job->id);
+    trn_op_json(op, 201, &nj.body);
+    enqueue(trn, nj.job);
+    new_job_release(&nj, false);
     return;
 store_error:
     trn_op_store_error(op, e, &err);
@@ -1247,6 +1299,42 @@ void trn_h_job_create(struct loom_http_req *req)
     }
     loom_arena_add_cleanup(req->arena, create_args_release, a);
     trn_op_submit(trn_op_new(req, op_job_create, a));
+}
+
+/* ---- jobs requested by events (loom.training.requested) ---- */
+
+loom_err trn_job_from_event(struct trn_service *trn, struct loom_str event_id,
+                            struct loom_str spec_json, char *job_id, bool *duplicate, char *field,
+                            size_t field_cap, struct loom_error *err)
+{
+    struct trn_spec spec = { 0 };
+    *duplicate = false;
+    field[0] = '\0';
+    if (trn_spec_parse(spec_json.ptr, spec_json.len, &spec, field, field_cap, err)) {
+        trn_spec_release(&spec);
+        return LOOM_EINVAL;
+    }
+    bool client = false;
+    loom_err e = check_spec(trn, &spec, field, field_cap, &client, err);
+    if (e) {
+        trn_spec_release(&spec);
+        return client ? LOOM_EINVAL : e;
+    }
+    struct new_job nj;
+    new_job_init(&nj, trn, &spec, loom_now_ns());
+    /* The job's id derives from the event's, so that whoever requested it can find it. */
+    loom_event_id_derive(LOOM_STR("loom.training.requested"), event_id, nj.job->id);
+    nj.t.id = nj.job->id;
+    snprintf(job_id, LOOM_UUID_LEN + 1, "%s", nj.job->id);
+    e = loom_consume_once(trn->store, "trainer", event_id, insert_tx, &nj.t, duplicate, err);
+    if (e || *duplicate) {
+        new_job_release(&nj, true);
+        return e;
+    }
+    queued_log(nj.job, "event");
+    enqueue(trn, nj.job);
+    new_job_release(&nj, false);
+    return LOOM_OK;
 }
 
 /* ---- GET /api/v1/training-jobs[/{id}] ---- */

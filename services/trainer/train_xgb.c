@@ -134,10 +134,10 @@ static void xgb_load(void)
         snprintf(xgb_load_error, sizeof(xgb_load_error), "%s", dlerror());
         return;
     }
-#define LOAD(name)                                                                    \
-    do {                                                                              \
-        *(void **)&xgb.name = dlsym(h, #name);                                        \
-        if (!xgb.name && !xgb_load_error[0])                                          \
+#define LOAD(name)                                                                          \
+    do {                                                                                    \
+        *(void **)&xgb.name = dlsym(h, #name);                                              \
+        if (!xgb.name && !xgb_load_error[0])                                                \
             snprintf(xgb_load_error, sizeof(xgb_load_error), "libxgboost lacks %s", #name); \
     } while (0)
     LOAD(XGBGetLastError);

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The trainer service table: settings, init (the store is opened and migrated, jobs a previous
- * process left behind are marked failed, the datasets directory is made ready), readiness and
+ * process left behind are marked failed, the datasets directory is made ready, training
+ * requests on the bus are followed), readiness and
  * fini (queued jobs of this process are marked failed: the trainer stops, they will not run).
  */
 #include "trainer/trainer.h"
@@ -26,6 +27,9 @@ static const struct loom_conf_field trn_fields[] = {
                           1024, (int64_t)1 << 40, "Largest dataset upload (then 413)."),
     LOOM_CONF_RANGE_FIELD(struct trn_conf, max_concurrent_jobs, "max-concurrent-jobs", INT, "1", 1,
                           64, "Training jobs that run at once; the others wait, queued."),
+    LOOM_CONF_FIELD(struct trn_conf, events, "events", BOOL, "true",
+                    "Run the jobs that loom.training.requested events on the bus (--bus) ask "
+                    "for, as the consumer group \"trainer\"."),
 };
 
 int64_t trn_now_ms(void)
@@ -55,6 +59,7 @@ static char *path_join(const char *a, const char *b)
 
 static void trn_free(struct trn_service *trn)
 {
+    trn_events_stop(trn);
     if (trn->train_pool)
         loom_pool_free(trn->train_pool);
     if (trn->store)
@@ -132,6 +137,8 @@ static loom_err trn_init(struct loom_svc *svc, struct loom_error *err)
     if (trn_jobs_recover(trn, err))
         goto fail;
     trn_metrics_init(trn);
+    if (trn_events_start(trn, err))
+        goto fail;
     loom_svc_set_state(svc, trn);
     return LOOM_OK;
 fail:
@@ -144,6 +151,7 @@ static void trn_fini(void *state)
     struct trn_service *trn = state;
     if (!trn)
         return;
+    trn_events_stop(trn); /* no new job from the bus while the others wind down */
     /* Running jobs stop at their next round (the service drains), record how they ended and
      * are joined here; queued ones never start. */
     loom_pool_free(trn->train_pool);

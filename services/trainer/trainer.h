@@ -22,6 +22,7 @@
 #ifndef LOOM_SVC_TRAINER_H
 #define LOOM_SVC_TRAINER_H
 
+#include <loom/bus.h>
 #include <loom/digest.h>
 #include <loom/http.h>
 #include <loom/json.h>
@@ -47,6 +48,7 @@ struct trn_conf {
     const char *registry; /* base URL of the model registry */
     uint64_t max_dataset_bytes;
     int64_t max_concurrent_jobs;
+    bool events; /* run the jobs loom.training.requested events on the bus ask for */
 };
 
 /* The reason a job left queued or running by a stopped trainer carries. */
@@ -313,6 +315,21 @@ void trn_h_job_list(struct loom_http_req *req);
 void trn_h_job_get(struct loom_http_req *req);
 void trn_h_job_cancel(struct loom_http_req *req);
 
+/*
+ * The job a loom.training.requested event asks for: `spec_json` (the event's data) is checked
+ * as POST /api/v1/training-jobs checks a body; then one transaction records the event as
+ * processed by the consumer "trainer" (loom_consume_once) and inserts the job, whose id
+ * (job_id, LOOM_UUID_LEN + 1 bytes) is derived from the event's; then the job is queued.
+ * *duplicate: the event was processed before, nothing was done. LOOM_EINVAL, with `field` and
+ * err, for a spec that can never run (park the event); other errors are worth a retry.
+ * Blocking.
+ */
+loom_err trn_job_from_event(struct trn_service *trn, struct loom_str event_id,
+                            struct loom_str spec_json, char *job_id, bool *duplicate, char *field,
+                            size_t field_cap, struct loom_error *err);
+/* Follow loom.training.requested on the bus (events.c); stop before the store closes. */
+loom_err trn_events_start(struct trn_service *trn, struct loom_error *err);
+void trn_events_stop(struct trn_service *trn);
 /* Mark jobs left queued or running by a previous process failed. Main thread, at init. */
 loom_err trn_jobs_recover(struct trn_service *trn, struct loom_error *err);
 /* At shutdown (the pool is gone): mark this process's queued jobs failed and free them. */
@@ -330,6 +347,8 @@ struct trn_service {
     struct loom_pool *pool;       /* the process's work pool: store calls of the API */
     struct loom_pool *train_pool; /* max-concurrent-jobs threads: running jobs only */
     struct loom_store *store;
+    struct loom_bus *bus;     /* with --trainer.events: where requests arrive... */
+    struct loom_bus_sub *sub; /* ...through the group "trainer" */
     char *datasets_dir;
     char *registry;   /* base URL without a trailing slash */
     unsigned nthread; /* XGBoost threads: the work pool's size */
