@@ -9,8 +9,8 @@
  * 100-continue, so a refusal (unknown stream, busy service) comes before the body is sent; a
  * 503 is retried after its Retry-After (resending is safe: record ids make it idempotent).
  */
-#include "cmd.h"
 #include "ingest/ingest.h"
+#include "cmd.h"
 
 #include <loom/core.h>
 #include <loom/json.h>
@@ -123,55 +123,47 @@ struct response {
     struct loom_buf body;
 };
 
-/* Read one response (the server always sends Content-Length). */
-static bool read_response(int fd, struct response *r, int timeout_ms)
+/* Read one response (the server always sends Content-Length) from `in` and then from fd; the
+ * bytes after it stay in `in` (a final answer may come in the same read as a 100 Continue). */
+static bool read_response(int fd, struct loom_buf *in, struct response *r, int timeout_ms)
 {
-    struct loom_buf in;
-    loom_buf_init(&in, (size_t)64 << 20);
-    size_t head_end = 0;
-    uint64_t clen = 0;
     for (;;) {
-        struct pollfd pfd = { .fd = fd, .events = POLLIN };
-        if (poll(&pfd, 1, timeout_ms) <= 0)
-            goto fail;
-        if (loom_buf_reserve(&in, 65536))
-            goto fail;
-        ssize_t got = read(fd, in.data + in.len, 65536);
-        if (got <= 0)
-            goto fail;
-        in.len += (size_t)got;
-        in.data[in.len] = '\0';
-        if (!head_end) {
-            char *e = strstr(in.data, "\r\n\r\n");
-            if (!e)
-                continue;
-            head_end = (size_t)(e - in.data) + 4;
-            if (sscanf(in.data, "HTTP/1.%*d %d", &r->status) != 1)
-                goto fail;
+        char *e = in->len ? strstr(in->data, "\r\n\r\n") : NULL;
+        if (e) {
+            size_t head_end = (size_t)(e - in->data) + 4;
+            if (sscanf(in->data, "HTTP/1.%*d %d", &r->status) != 1)
+                return false;
+            uint64_t clen = 0;
             r->retry_after = 1;
-            for (char *line = strstr(in.data, "\r\n"); line && line < e;
+            for (char *line = strstr(in->data, "\r\n"); line && line < e;
                  line = strstr(line + 2, "\r\n")) {
                 if (strncasecmp(line + 2, "content-length:", 15) == 0)
                     clen = strtoull(line + 17, NULL, 10);
                 else if (strncasecmp(line + 2, "retry-after:", 12) == 0)
                     r->retry_after = strtoull(line + 14, NULL, 10);
             }
-            if (r->status == 100) { /* 100 Continue: the caller sends the body */
-                memmove(in.data, in.data + head_end, in.len - head_end);
-                loom_buf_release(&in);
+            if (r->status == 100) /* 100 Continue: the caller sends the body */
+                clen = 0;
+            if (in->len - head_end >= clen) {
+                if (r->status != 100) {
+                    loom_buf_init(&r->body, 0);
+                    loom_buf_append(&r->body, in->data + head_end, (size_t)clen);
+                }
+                loom_buf_consume(in, head_end + (size_t)clen);
+                if (in->len)
+                    in->data[in->len] = '\0';
                 return true;
             }
         }
-        if (in.len - head_end >= clen)
-            break;
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        if (poll(&pfd, 1, timeout_ms) <= 0 || loom_buf_reserve(in, 65536))
+            return false;
+        ssize_t got = read(fd, in->data + in->len, 65536);
+        if (got <= 0)
+            return false;
+        in->len += (size_t)got;
+        in->data[in->len] = '\0';
     }
-    loom_buf_init(&r->body, 0);
-    loom_buf_append(&r->body, in.data + head_end, (size_t)clen);
-    loom_buf_release(&in);
-    return true;
-fail:
-    loom_buf_release(&in);
-    return false;
 }
 
 static void progress(struct totals *t, bool force)
@@ -273,11 +265,16 @@ static bool send_batch(const struct target *tg, const char *stream, struct loom_
                          "Expect: 100-continue\r\nConnection: close\r\n\r\n",
                          tg->prefix, stream, tg->host, body.len);
         struct response r = { 0 };
-        bool ok = send_all(fd, head, (size_t)n) && read_response(fd, &r, 30000);
+        struct loom_buf in;
+        loom_buf_init(&in, (size_t)64 << 20);
+        bool ok = send_all(fd, head, (size_t)n) && read_response(fd, &in, &r, 30000);
         if (ok && r.status == 100) {
-            send_all(fd, body.ptr, body.len); /* a refusal mid-way is read below */
-            ok = read_response(fd, &r, 600000);
+            /* Not when the refusal came along with the 100: the server has answered. */
+            if (in.len == 0)
+                send_all(fd, body.ptr, body.len); /* a refusal mid-way is read below */
+            ok = read_response(fd, &in, &r, 600000);
         }
+        loom_buf_release(&in);
         close(fd);
         if (!ok) {
             fprintf(stderr, "\nloom ingest: the connection to %s:%s failed\n", tg->host, tg->port);

@@ -39,6 +39,8 @@ const char *loom_http_status_reason(int status)
         return "No Content";
     case 206:
         return "Partial Content";
+    case 207:
+        return "Multi-Status";
     case 301:
         return "Moved Permanently";
     case 302:

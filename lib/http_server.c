@@ -35,6 +35,8 @@
 
 #define READ_SLACK   16384 /* `in` may hold this much beyond the header limit */
 #define ACCEPT_BATCH 64
+#define LINGER_IDLE  (2 * LOOM_NS_PER_SEC) /* lingering ends after this long without a byte */
+#define LINGER_MAX   (30 * LOOM_NS_PER_SEC)
 
 enum cstate {
     C_IDLE,     /* between requests */
@@ -114,6 +116,8 @@ struct loom__http_conn {
     bool kick_pending;
     bool responded;
     bool peer_eof;
+    bool lingering;      /* answered and shut for writing: reading what the client still sends */
+    uint64_t linger_end; /* when lingering stops, however much the client still sends */
     bool peer_known;
     char peer[64]; /* the client's address, read at the first loom_http_req_peer */
 };
@@ -157,6 +161,7 @@ struct listener {
 };
 
 static void conn_close(struct loom__http_conn *c);
+static void conn_linger(struct loom__http_conn *c);
 static void conn_kick(struct loom__http_conn *c);
 static void process_input(struct loom__http_conn *c);
 static void update_interest(struct loom__http_conn *c);
@@ -637,7 +642,7 @@ static bool flush(struct loom__http_conn *c)
     if (c->io.events & LOOM_IO_WRITE)
         loom_io_start(&c->io, c->io.events & ~(unsigned)LOOM_IO_WRITE);
     if (c->close_after && c->state == C_IDLE) {
-        conn_close(c);
+        conn_linger(c);
         return false;
     }
     return true;
@@ -1219,9 +1224,33 @@ static void abort_request(struct loom__http_conn *c)
         h->fn(h->arg);
 }
 
+/* Lingering: discard what the client sends until it closes, it is quiet for LINGER_IDLE, or
+ * LINGER_MAX has passed. */
+static void linger_read(struct loom__http_conn *c)
+{
+    char buf[16384];
+    for (int i = 0;; i++) {
+        ssize_t n = read(c->fd, buf, sizeof(buf));
+        if (n > 0 && i < 64)
+            continue;
+        if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) {
+            /* Quiet, or enough for one turn (the loop calls again). */
+            uint64_t now = loom_loop_now(c->ls->loop);
+            set_deadline(c, LOOM_MIN(now + LINGER_IDLE, c->linger_end));
+            return;
+        }
+        break; /* EOF or an error: the client has read the answer, or left */
+    }
+    conn_close(c);
+}
+
 static void on_io(struct loom_io *io, unsigned events)
 {
     struct loom__http_conn *c = LOOM_CONTAINER_OF(io, struct loom__http_conn, io);
+    if (c->lingering) {
+        linger_read(c);
+        return;
+    }
     if (events & LOOM_IO_WRITE) {
         if (!flush(c))
             return;
@@ -1281,6 +1310,10 @@ static void on_timer(struct loom_timer *t)
         loom_timer_start_at(t, c->deadline);
         return;
     }
+    if (c->lingering) {
+        conn_close(c);
+        return;
+    }
     if (output_pending(c) || c->state == C_HANDLING) {
         conn_close(c); /* a client that stopped reading its answers */
         return;
@@ -1312,6 +1345,30 @@ static void conn_free(struct loom_task *task)
 }
 
 static void listener_check_drained(struct listener *ls);
+
+/*
+ * Close after the last answer is out. Closing a socket with unread bytes in it makes the kernel
+ * send RST, and a client's kernel that gets RST may discard the answer it had not yet read: a
+ * client that was still sending a body (a refusal before the body ended, a 100-continue that
+ * went on) would see "connection reset" instead of our 404 or 413. So, as nginx's lingering
+ * close: shut the socket for writing (the client reads the answer, then EOF), read and discard
+ * until the client closes, falls quiet for LINGER_IDLE, or LINGER_MAX has passed, then close.
+ * A client that already closed, and a server that is draining, are closed at once.
+ */
+static void conn_linger(struct loom__http_conn *c)
+{
+    if (c->closed)
+        return;
+    if (c->peer_eof || c->ls->draining || shutdown(c->fd, SHUT_WR) != 0) {
+        conn_close(c);
+        return;
+    }
+    c->lingering = true;
+    uint64_t now = loom_loop_now(c->ls->loop);
+    c->linger_end = now + LINGER_MAX;
+    loom_io_start(&c->io, LOOM_IO_READ);
+    linger_read(c);
+}
 
 static void conn_close(struct loom__http_conn *c)
 {

@@ -882,6 +882,33 @@ static void test_streaming(void)
     close(fd);
 }
 
+/* A client that goes on sending a body the server refused: the server answers, then reads and
+ * discards until the client is done (lingering close), so the client gets the whole answer and
+ * an orderly end instead of a reset. */
+static void test_linger(void)
+{
+    int fd = dial();
+    send_str(fd, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4000000\r\n\r\n");
+    char chunk[65536];
+    memset(chunk, 'z', sizeof(chunk));
+    size_t sent = 0;
+    while (sent < 4000000) {
+        ssize_t w = send(fd, chunk, LOOM_MIN(sizeof(chunk), 4000000 - sent), MSG_NOSIGNAL);
+        if (w <= 0)
+            break;
+        sent += (size_t)w;
+    }
+    CHECK_UINT(sent, 4000000); /* no reset while sending */
+    char *r = read_response(fd);
+    CHECK(r != NULL);
+    CHECK_INT(status_of(r), 413);
+    CHECK_CONTAINS(r, "Connection: close");
+    free(r);
+    char b;
+    CHECK_INT((int)recv(fd, &b, 1, 0), 0); /* then EOF, not ECONNRESET */
+    close(fd);
+}
+
 static void test_file(void)
 {
     snprintf(file_path, sizeof(file_path), "/tmp/loom-test-file-%d", (int)getpid());
@@ -1024,6 +1051,7 @@ int main(void)
     RUN(test_big_response);
     RUN(test_abort);
     RUN(test_streaming);
+    RUN(test_linger);
     RUN(test_file);
     RUN(test_drain);
     stop_server();
