@@ -128,6 +128,24 @@ static void rollback(sqlite3 *db)
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
 }
 
+/*
+ * Waiting for the write lock. SQLite's own busy handler sleeps 1, 2, 5, ... up to 100 ms
+ * between tries and nothing wakes it when the lock frees, so a consumer that found a
+ * publisher's commit (a few ms of fsync) in its way could sleep 100 ms: the whole latency
+ * budget. Try every 250 us for the first 100 ms, then every 2 ms, for up to 30 s.
+ */
+static int busy_wait(void *arg, int tries)
+{
+    LOOM_UNUSED(arg);
+    uint64_t us = tries < 400 ? 250 : 2000;
+    uint64_t waited = tries < 400 ? (uint64_t)tries * 250 : 100000 + (uint64_t)(tries - 400) * 2000;
+    if (waited >= 30 * 1000000ull)
+        return 0;
+    struct timespec ts = { 0, (long)(us * 1000) };
+    nanosleep(&ts, NULL);
+    return 1;
+}
+
 static loom_err open_conn(struct sq_bus *b, bool sync_full, sqlite3 **out, struct loom_error *err)
 {
     sqlite3 *db = NULL;
@@ -139,7 +157,7 @@ static loom_err open_conn(struct sq_bus *b, bool sync_full, sqlite3 **out, struc
         sqlite3_close(db);
         return LOOM_EIO;
     }
-    sqlite3_busy_timeout(db, 30000);
+    sqlite3_busy_handler(db, busy_wait, NULL);
     loom_err e = exec(db, "PRAGMA journal_mode=WAL", err);
     if (!e)
         e = exec(db, sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", err);
