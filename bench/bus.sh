@@ -24,13 +24,15 @@
 # nats/raw compares like with like.
 # Usage: bench/bus.sh [EVENTS] [LATENCY_SECONDS] [ROUNDS]   (defaults: 300000, 10 s, 3 rounds;
 # also EVENTS=, LATENCY_SECONDS=, ROUNDS=, BATCH= (records per POST, 1000), CONSUMER_BATCH=
-# (256), LOOM=binary)
+# (256), BACKENDS= ("sqlite nats", or either alone), LOOM=binary)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 events=${1:-${EVENTS:-300000}}
 lat_secs=${2:-${LATENCY_SECONDS:-10}}
 rounds=${3:-${ROUNDS:-3}}
+backends=${BACKENDS:-sqlite nats}
+has_nats() { [[ " $backends " == *" nats "* ]]; }
 batch=${BATCH:-1000}
 cbatch=${CONSUMER_BATCH:-256}
 BUS_TOOL=${BUS_TOOL:-$(dirname "$LOOM")/tests/bus_tool}
@@ -342,7 +344,7 @@ PY
 declare -A port bus lpid
 bus[sqlite]="sqlite:$work/bus.db"
 bus[nats]="nats://127.0.0.1:$nport"
-for n in sqlite nats; do
+for n in $backends; do
     port[$n]=$(free_port)
     taskset -c $SERVER_CPU "$LOOM" serve ingest --ingest.listen=127.0.0.1:${port[$n]} \
         --ingest.bus="${bus[$n]}" --data-dir="$work/data-$n" --log-level=warn \
@@ -390,7 +392,7 @@ echo "bench/bus.sh: $LOOM; $events events per throughput run in POSTs of $batch 
 declare -A rates
 size=
 for r in $(seq 1 "$rounds"); do
-    for n in sqlite nats; do
+    for n in $backends; do
         alive $n
         c0=$(cpu_ticks "${lpid[$n]}")
         n0=$(cpu_ticks "$natspid")
@@ -412,6 +414,7 @@ for r in $(seq 1 "$rounds"); do
             printf ', nats-server %s)\n' "$(cpu_pct "$n0" "$natspid" "$secs")"
         fi
     done
+    has_nats || continue
     n0=$(cpu_ticks "$natspid")
     res=$(taskset -c $SERVER_CPU "$work/raw_nats" "${bus[nats]}" "$events" "$size" "r$r" |
         awk '/^RESULT/') || true
@@ -421,18 +424,35 @@ for r in $(seq 1 "$rounds"); do
         "$r" raw "$(kv "$res" rate)" "$(kv "$res" seconds)" "$size" "$(cpu_pct "$n0" "$natspid" "$(kv "$res" seconds)")"
 done
 declare -A med
-for n in sqlite nats raw; do
+for n in $backends $(has_nats && echo raw); do
     # shellcheck disable=SC2086
     med[$n]=$(median ${rates[$n]})
 done
 
 # ---- latency at half of each backend's median rate ----
-echo "open loop at half of each backend's median rate, POSTs of $batch records on 8 connections," \
+echo "open loop at half of each backend's pipeline rate (ingest with a consumer attached), POSTs of $batch records on 8 connections," \
     "${lat_secs}s; bus_tool latency consuming (a group of its own, fetching $cbatch at most):"
 declare -A p50 p99 held
-for n in sqlite nats; do
+declare -A pipe
+for n in $backends; do
     alive $n
-    half=$(awk -v m="${med[$n]}" 'BEGIN { printf "%d", m / 2 }')
+    # The pipeline's own maximum: ingest as fast as it goes while a consumer group reads every
+    # event (the consumer's claims and acks share the bus with the publishes).
+    taskset -c $CLIENT_CPU "$BUS_TOOL" latency --bus "${bus[$n]}" --group "max-$n" \
+        --batch "$cbatch" >"$work/max-$n.out" 2>&1 &
+    tpid=$!
+    pids+=("$tpid")
+    for _ in $(seq 100); do grep -q subscribed "$work/max-$n.out" && break; sleep 0.1; done
+    res=$(taskset -c $CLIENT_CPU "$work/client" "${port[$n]}" bench "$batch" "m$n" 2 max "$events" |
+        awk '/^RESULT/') || true
+    [ -n "$res" ] || fail "the $n pipeline run failed: $(tail -5 "$work/ingest-$n.log")"
+    sleep 2
+    kill -TERM $tpid
+    wait $tpid 2>/dev/null || true
+    pipe[$n]=$(kv "$res" rate)
+    printf "  %-6s ingest -> bus with a consumer attached: %s events/s\n" \
+        "$n" "${pipe[$n]}"
+    half=$(awk -v m="${pipe[$n]}" 'BEGIN { printf "%d", m / 2 }')
     taskset -c $CLIENT_CPU "$BUS_TOOL" latency --bus "${bus[$n]}" --group "lat-$n" \
         --batch "$cbatch" >"$work/lat-$n.out" 2>&1 &
     tpid=$!
@@ -473,11 +493,14 @@ for n in sqlite nats; do
 done
 
 echo "medians:"
-printf '  sqlite %7.0f events/s (%s)\n' "${med[sqlite]}" "$(verdict "${med[sqlite]}" ">=" 50000 "50000 events/s")"
-rn=$(ratio "${med[nats]}" "${med[raw]}")
-printf '  nats   %7.0f events/s, raw JetStream (nats.c) %.0f events/s: nats/raw = %s (%s)\n' \
-    "${med[nats]}" "${med[raw]}" "$rn" "$(verdict "$rn" ">=" 0.5 "0.5x")"
-for n in sqlite nats; do
+[ -z "${med[sqlite]:-}" ] ||
+    printf '  sqlite %7.0f events/s (%s)\n' "${med[sqlite]}" "$(verdict "${med[sqlite]}" ">=" 50000 "50000 events/s")"
+if has_nats; then
+    rn=$(ratio "${med[nats]}" "${med[raw]}")
+    printf '  nats   %7.0f events/s, raw JetStream (nats.c) %.0f events/s: nats/raw = %s (%s)\n' \
+        "${med[nats]}" "${med[raw]}" "$rn" "$(verdict "$rn" ">=" 0.5 "0.5x")"
+fi
+for n in $backends; do
     v=$(verdict "${p99[$n]#>}" "<" 50 "50 ms")
     [ "${p99[$n]#>}" = "${p99[$n]}" ] || v="target < 50 ms: MISSED"
     printf '  %-6s p99 POST -> consumer at half load: %s ms (%s; p50 %s ms, rate %s)\n' "$n" "${p99[$n]}" \
