@@ -12,9 +12,10 @@
  * ack_wait, and MaxDeliver is set a little above the group's max_deliver as a backstop: the
  * pump parks an event itself, publishing it to the dead-letter subject before acking it, so
  * that parking is the same on both backends. Pull requests are made by hand on a private inbox
- * (see nb_fetch), so an idle consumer sees a new event within a round trip and a busy one
- * takes batches; acks, naks with a delay and terms are published to each message's ack
- * subject.
+ * and kept in flight ahead of the handlers, up to the group's max_inflight (see nb_fetch), so
+ * an idle consumer sees a new event the moment it is stored and a busy one never waits for a
+ * round trip between batches; acks, naks with a delay and terms are published to each
+ * message's ack subject.
  *
  * Replays of parked events are published again on their original subject with a Loom-Group
  * header; other groups acknowledge and skip them, so only the parking group sees them again.
@@ -27,6 +28,7 @@
 
 #include <nats/nats.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,15 +52,28 @@ struct nb_bus {
     bool streams_ok;
     bool closing;
     struct pubctx *free_ctx;
+    atomic_uint conn_gen; /* bumped at every (re)connect: the pull requests out are gone */
 };
 
+/* A pull request lives this long on the server; one neither answered nor used up this long
+ * after it expired is taken for lost. */
+#define PULL_EXPIRES (5 * LOOM_NS_PER_SEC)
+#define PULL_GRACE   (2 * LOOM_NS_PER_SEC)
+
 struct nb_sub {
-    natsSubscription *inbox; /* where pull requests are answered */
+    natsSubscription *inbox; /* <inbox>.>: deliveries, the server's answers, wake-ups */
     natsInbox *inbox_subject;
+    char *wake_subject; /* <inbox>.w */
     char *next_subject; /* $JS.API.CONSUMER.MSG.NEXT.<stream>.<group> */
     char *dlq_subject;
-    int credits;            /* events the open pull request may still bring */
-    uint64_t req_deadline;  /* when it expires (monotonic ns) */
+    /* Flow control (pump thread): held + credits <= max_inflight, so the server never has
+     * more deliveries out to this member than its handlers may hold. */
+    size_t held;            /* handed to the pump and not settled yet */
+    size_t credits;         /* asked for by live pull requests and not received yet */
+    uint64_t req_seq;       /* the last pull request's number (in its reply subject) */
+    uint64_t live_from;     /* answers to requests numbered below this are ignored */
+    uint64_t last_expiry;   /* when the newest live request expires (monotonic ns) */
+    unsigned conn_gen;      /* the connection the live requests went out on */
     uint64_t missing_since; /* the consumer vanished (a reset): when we first noticed */
 };
 
@@ -91,6 +106,7 @@ static void on_reconnected(natsConnection *nc, void *closure)
     pthread_mutex_lock(&b->mu);
     b->streams_ok = false; /* the server may have come back without its store */
     pthread_mutex_unlock(&b->mu);
+    atomic_fetch_add(&b->conn_gen, 1);
     loom_log_info("bus: reconnected to NATS");
 }
 
@@ -471,15 +487,23 @@ static loom_err nb_sub_open(struct loom_bus_sub *sub, struct loom_error *err)
     n = strlen(b->stream) + strlen(o->group) + 40;
     s->next_subject = loom_malloc(n);
     snprintf(s->next_subject, n, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", b->stream, o->group);
+    s->conn_gen = atomic_load(&b->conn_gen);
     natsStatus st = natsInbox_Create(&s->inbox_subject);
-    if (st == NATS_OK)
-        st = natsConnection_SubscribeSync(&s->inbox, b->nc, s->inbox_subject);
-    if (st == NATS_OK) /* bounded by the pull requests' batches; no slow-consumer drops */
+    if (st == NATS_OK) {
+        n = strlen(s->inbox_subject) + 3;
+        s->wake_subject = loom_malloc(n);
+        snprintf(s->wake_subject, n, "%s.w", s->inbox_subject);
+        char all[128];
+        snprintf(all, sizeof(all), "%s.>", s->inbox_subject);
+        st = natsConnection_SubscribeSync(&s->inbox, b->nc, all);
+    }
+    if (st == NATS_OK) /* bounded by max_inflight (the pull requests); no slow-consumer drops */
         st = natsSubscription_SetPendingLimits(s->inbox, -1, -1);
     if (st != NATS_OK) {
         e = nats_error(st, 0, err, "subscribe");
         natsSubscription_Destroy(s->inbox);
         natsInbox_Destroy(s->inbox_subject);
+        free(s->wake_subject);
         free(s->next_subject);
         free(s->dlq_subject);
         free(s);
@@ -495,6 +519,7 @@ static void nb_sub_close(struct loom_bus_sub *sub)
     natsSubscription_Unsubscribe(s->inbox); /* the inbox only: the durable consumer stays */
     natsSubscription_Destroy(s->inbox);
     natsInbox_Destroy(s->inbox_subject);
+    free(s->wake_subject);
     free(s->next_subject);
     free(s->dlq_subject);
     free(s);
@@ -507,7 +532,7 @@ static void nb_wake(struct loom_bus_sub *sub)
     struct nb_sub *s = loom_bus_sub_impl(sub);
     struct nb_bus *b = loom_bus_impl(loom_bus_sub_bus(sub));
     if (s)
-        natsConnection_Publish(b->nc, s->inbox_subject, "w", 1);
+        natsConnection_Publish(b->nc, s->wake_subject, "w", 1);
 }
 
 static const char *header(natsMsg *m, const char *name)
@@ -596,9 +621,79 @@ static int status_of(natsMsg *nm, const char **desc)
  * Pull requests are sent and answered by hand on a private inbox rather than through nats.c's
  * fetch, which waits for a whole batch (or its expiry) before returning, and can be confused
  * by answers to requests it already gave up on. Here every event is handed on the moment it
- * arrives, a new request goes out only when the last one is spent or expired, and an answer
- * that arrives late is simply one more delivery.
+ * arrives, and requests are kept in flight ahead of the handlers: whenever the room under
+ * max_inflight (less what the handlers hold and what live requests may still bring) is half a
+ * batch or more, another request asks for all of it. A group that asked for its next batch
+ * only once the last was used up spent a round trip per batch and fell behind a steady stream
+ * (p99 stored -> consumer in the hundreds of ms at half load, bench/bus.sh).
+ *
+ * The server serves a member's live requests in turn, so which one a delivery belongs to is
+ * unknown; only the total matters. Each request's reply subject, <inbox>.<number>.<batch>,
+ * tells which request a status answers: 408 (expired) and 409 (refused or cut short) carry
+ * what that request will no longer bring (Nats-Pending-Messages, else its batch), a request
+ * used up gets no answer at all. Answers to requests forgotten (a reconnect: the server lost
+ * them or will drop them; a reset) are ignored, and deliveries they still bring only lower the
+ * count, which the next request makes up.
  */
+
+/* Forget the pull requests out; their answers, if any, are ignored. */
+static void forget_requests(struct nb_sub *s)
+{
+    s->credits = 0;
+    s->live_from = s->req_seq + 1;
+}
+
+/* Ask for more when nothing is asked for or when at least half a batch fits under
+ * max_inflight; `taken` are deliveries read but not handed to the pump yet. */
+static loom_err request_more(struct nb_bus *b, struct nb_sub *s,
+                             const struct loom_bus_sub_options *o, size_t taken,
+                             struct loom_error *err)
+{
+    size_t used = s->held + taken + s->credits;
+    if (used >= o->max_inflight)
+        return LOOM_OK;
+    size_t room = o->max_inflight - used;
+    if (s->credits && room < LOOM_MAX(o->batch / 2, 1))
+        return LOOM_OK;
+    /* Not while disconnected: nats.c would buffer the request and send it after the
+     * reconnect, when it has been forgotten. */
+    if (natsConnection_Status(b->nc) != NATS_CONN_STATUS_CONNECTED)
+        return LOOM_OK;
+    char reply[160], body[96];
+    snprintf(reply, sizeof(reply), "%s.%llu.%zu", s->inbox_subject,
+             (unsigned long long)(s->req_seq + 1), room);
+    int len = snprintf(body, sizeof(body), "{\"batch\":%zu,\"expires\":%llu}", room,
+                       (unsigned long long)PULL_EXPIRES);
+    natsStatus st = natsConnection_PublishRequest(b->nc, s->next_subject, reply, body, len);
+    if (st != NATS_OK)
+        return nats_error(st, 0, err, "pull request");
+    s->req_seq++;
+    s->credits += room;
+    s->last_expiry = loom_now_ns() + PULL_EXPIRES;
+    return LOOM_OK;
+}
+
+/* The live request a status answers (reply subject <inbox>.<number>.<batch>) and what it will
+ * no longer bring; false for an answer to a forgotten request or to none. */
+static bool answered_request(const struct nb_sub *s, natsMsg *nm, uint64_t *left)
+{
+    struct loom_str subj = loom_str_cstr(natsMsg_GetSubject(nm));
+    struct loom_str pre = loom_str_cstr(s->inbox_subject);
+    if (!loom_str_has_prefix(subj, pre) || subj.len <= pre.len + 1 || subj.ptr[pre.len] != '.')
+        return false;
+    struct loom_str num;
+    struct loom_str batch =
+        loom_str_cut(loom_str_make(subj.ptr + pre.len + 1, subj.len - pre.len - 1), '.', &num);
+    uint64_t id, k;
+    if (loom_str_to_u64(num, &id) || loom_str_to_u64(batch, &k) || id < s->live_from ||
+        id > s->req_seq)
+        return false;
+    const char *pending = header(nm, "Nats-Pending-Messages");
+    if (!pending || loom_str_to_u64(loom_str_cstr(pending), left))
+        *left = k;
+    return true;
+}
+
 static loom_err nb_fetch(struct loom_bus_sub *sub, size_t max, uint64_t wait_ns,
                          struct loom_bus_msg **out, size_t *n, struct loom_error *err)
 {
@@ -610,9 +705,27 @@ static loom_err nb_fetch(struct loom_bus_sub *sub, size_t max, uint64_t wait_ns,
     loom_err e = ensure_streams(b, err);
     if (e)
         return e;
+    unsigned gen = atomic_load(&b->conn_gen);
+    if (gen != s->conn_gen) {
+        s->conn_gen = gen;
+        forget_requests(s);
+    }
+    uint64_t now = loom_now_ns();
+    if (s->credits && now > s->last_expiry + PULL_GRACE) {
+        /* Requests neither used up nor answered past their expiry: lost, or sent to a group
+         * that no longer exists (the server does not answer those). */
+        forget_requests(s);
+        jsConsumerInfo *ci = NULL;
+        jsErrCode jerr = 0;
+        natsStatus st = js_GetConsumerInfo(&ci, b->js, b->stream, o->group, NULL, &jerr);
+        jsConsumerInfo_Destroy(ci);
+        if (st != NATS_OK && (jerr == JSConsumerNotFoundErr || st == NATS_NOT_FOUND) &&
+            !s->missing_since)
+            s->missing_since = now;
+    }
     if (s->missing_since) {
         /* The consumer was deleted (a reset recreates it): wait, then create it ourselves. */
-        if (loom_now_ns() - s->missing_since < 3 * LOOM_NS_PER_SEC) {
+        if (now - s->missing_since < 3 * LOOM_NS_PER_SEC) {
             jsConsumerInfo *ci = NULL;
             if (js_GetConsumerInfo(&ci, b->js, b->stream, o->group, NULL, NULL) != NATS_OK)
                 return loom_error_set(err, LOOM_ENOTFOUND, "bus: group \"%s\" is missing",
@@ -622,59 +735,58 @@ static loom_err nb_fetch(struct loom_bus_sub *sub, size_t max, uint64_t wait_ns,
             return e;
         }
         s->missing_since = 0;
-        s->credits = 0;
-    }
-    uint64_t now = loom_now_ns();
-    if (s->credits <= 0 || now >= s->req_deadline) {
-        uint64_t expires = LOOM_MAX(wait_ns, 10 * LOOM_NS_PER_MS);
-        char body[96];
-        int len = snprintf(body, sizeof(body), "{\"batch\":%zu,\"expires\":%llu}", max,
-                           (unsigned long long)expires);
-        natsStatus st =
-            natsConnection_PublishRequest(b->nc, s->next_subject, s->inbox_subject, body, len);
-        if (st != NATS_OK)
-            return nats_error(st, 0, err, "pull request");
-        s->credits = (int)max;
-        s->req_deadline = now + expires;
+        forget_requests(s);
     }
     struct loom_bus_msg *head = NULL, **tail = &head;
-    int64_t wait_ms = (int64_t)((s->req_deadline - now) / LOOM_NS_PER_MS) + 1;
+    uint64_t until = now + wait_ns;
     while (*n < max) {
+        if ((e = request_more(b, s, o, *n, err)))
+            break;
+        int64_t wait_ms = 0;
+        if (*n == 0 && (now = loom_now_ns()) < until)
+            wait_ms = (int64_t)((until - now + LOOM_NS_PER_MS - 1) / LOOM_NS_PER_MS);
         natsMsg *nm = NULL;
-        natsStatus st = natsSubscription_NextMsg(&nm, s->inbox, *n ? 0 : wait_ms);
+        natsStatus st = natsSubscription_NextMsg(&nm, s->inbox, wait_ms);
         if (st == NATS_TIMEOUT)
             break;
         if (st != NATS_OK) {
-            if (*n)
-                break;
-            return nats_error(st, 0, err, "fetch");
-        }
-        if (!natsMsg_GetReply(nm) && !header(nm, "Status")) { /* nb_wake */
-            natsMsg_Destroy(nm);
+            e = nats_error(st, 0, err, "fetch");
             break;
         }
         const char *desc = NULL;
         int code = status_of(nm, &desc);
-        if (code) {
+        if (!code && !natsMsg_GetReply(nm)) { /* nb_wake */
             natsMsg_Destroy(nm);
-            if (code == 404 || code == 408) { /* that request is over */
-                s->credits = 0;
-                break;
-            }
-            if (code == 409 || code == 503) {
-                s->credits = 0;
-                if (code == 503 || (desc && strstr(desc, "Deleted"))) {
-                    s->missing_since = loom_now_ns();
-                    if (*n == 0)
-                        return loom_error_set(err, LOOM_ENOTFOUND,
-                                              "bus: group \"%s\" is gone (%d %s)", o->group, code,
-                                              desc ? desc : "");
-                }
-                break;
-            }
-            continue; /* 100 (heartbeats, flow control): not ours */
+            break;
         }
-        s->credits--;
+        if (code) {
+            uint64_t left = 0;
+            bool live = answered_request(s, nm, &left);
+            bool gone = code == 503 || (code == 409 && desc && strstr(desc, "Deleted"));
+            char why[96];
+            snprintf(why, sizeof(why), "%d %s", code, desc ? desc : "");
+            natsMsg_Destroy(nm);
+            if (!live || code == 100) /* a forgotten request's; heartbeats, flow control */
+                continue;
+            if (gone) {
+                forget_requests(s);
+                s->missing_since = loom_now_ns();
+                if (*n == 0)
+                    e = loom_error_set(err, LOOM_ENOTFOUND, "bus: group \"%s\" is gone (%s)",
+                                       o->group, why);
+                break;
+            }
+            s->credits -= LOOM_MIN(left, s->credits);
+            if (code == 409) { /* refused (too many requests waiting...): not again at once */
+                if (*n == 0)
+                    e = loom_error_set(err, LOOM_EAGAIN, "bus: group \"%s\": pull request %s",
+                                       o->group, why);
+                break;
+            }
+            continue; /* 408: that request expired; the loop asks again */
+        }
+        if (s->credits)
+            s->credits--;
         struct nb_msg *m = wrap(b, o, nm);
         if (!m)
             continue;
@@ -684,9 +796,11 @@ static loom_err nb_fetch(struct loom_bus_sub *sub, size_t max, uint64_t wait_ns,
     }
     *tail = NULL;
     *out = head;
-    return LOOM_OK;
+    s->held += *n;
+    return *n ? LOOM_OK : e;
 }
 
+/* Called only once the pump has stopped, perhaps after nb_sub_close: leaves `held` alone. */
 static void nb_release(struct loom_bus_sub *sub, struct loom_bus_msg *msg)
 {
     LOOM_UNUSED(sub);
@@ -737,6 +851,7 @@ static void nb_settle(struct loom_bus_sub *sub, struct loom_bus_msg *const *msgs
     struct nb_bus *b = loom_bus_impl(loom_bus_sub_bus(sub));
     struct nb_sub *s = loom_bus_sub_impl(sub);
     const struct loom_bus_sub_options *o = loom_bus_sub_options(sub);
+    s->held -= LOOM_MIN(n, s->held); /* room for the next pull request */
     for (size_t i = 0; i < n; i++) {
         struct nb_msg *m = LOOM_CONTAINER_OF(msgs[i], struct nb_msg, m);
         switch (m->m.verdict) {
