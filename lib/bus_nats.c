@@ -26,12 +26,14 @@
 #include <loom/event.h>
 #include <loom/log.h>
 
+#include <errno.h>
 #include <nats/nats.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct pubctx {
     jsCtx *js;
@@ -48,9 +50,11 @@ struct nb_bus {
     int64_t max_age_ns, max_bytes, dup_window_ns, dlq_max_age_ns;
     int64_t replicas;
     int64_t timeout_ms;
-    pthread_mutex_t mu; /* streams_ok, closing, the free contexts */
+    pthread_mutex_t mu; /* streams_ok, closing, closed, the free contexts */
+    pthread_cond_t closed_cond;
     bool streams_ok;
     bool closing;
+    bool closed; /* the connection's last callback has run */
     struct pubctx *free_ctx;
     atomic_uint conn_gen; /* bumped at every (re)connect: the pull requests out are gone */
 };
@@ -124,6 +128,16 @@ static void on_disconnected(natsConnection *nc, void *closure)
 static void on_connected(natsConnection *nc, void *closure)
 {
     on_reconnected(nc, closure);
+}
+
+static void on_closed(natsConnection *nc, void *closure)
+{
+    LOOM_UNUSED(nc);
+    struct nb_bus *b = closure;
+    pthread_mutex_lock(&b->mu);
+    b->closed = true;
+    pthread_cond_signal(&b->closed_cond);
+    pthread_mutex_unlock(&b->mu);
 }
 
 static loom_err add_stream(struct nb_bus *b, const char *name, const char *subject, int64_t max_age,
@@ -230,9 +244,21 @@ static void nb_free(struct nb_bus *b)
     b->closing = true;
     pthread_mutex_unlock(&b->mu);
     if (b->nc) {
+        /* nats.c runs the connection's callbacks on a thread of its own, after Close has
+         * returned (on_disconnected among them): wait for the last one, on_closed, before
+         * freeing what they touch. Bounded, in case a version of nats.c does not call it. */
         natsConnection_Close(b->nc);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 5;
+        pthread_mutex_lock(&b->mu);
+        while (!b->closed)
+            if (pthread_cond_timedwait(&b->closed_cond, &b->mu, &until) == ETIMEDOUT)
+                break;
+        pthread_mutex_unlock(&b->mu);
         natsConnection_Destroy(b->nc);
     }
+    pthread_cond_destroy(&b->closed_cond);
     pthread_mutex_destroy(&b->mu);
     free(b->stream);
     free(b->dlq_stream);
@@ -244,6 +270,7 @@ static loom_err nb_open(struct loom_bus *bus, const char *url, struct loom_error
 {
     struct nb_bus *b = loom_new(struct nb_bus);
     pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->closed_cond, NULL);
     b->max_age_ns = (int64_t)7 * 24 * 3600 * (int64_t)LOOM_NS_PER_SEC;
     b->dlq_max_age_ns = (int64_t)30 * 24 * 3600 * (int64_t)LOOM_NS_PER_SEC;
     b->dup_window_ns = (int64_t)120 * (int64_t)LOOM_NS_PER_SEC;
@@ -272,6 +299,8 @@ static loom_err nb_open(struct loom_bus *bus, const char *url, struct loom_error
         s = natsOptions_SetReconnectedCB(opts, on_reconnected, b);
     if (s == NATS_OK)
         s = natsOptions_SetDisconnectedCB(opts, on_disconnected, b);
+    if (s == NATS_OK)
+        s = natsOptions_SetClosedCB(opts, on_closed, b);
     if (s != NATS_OK) {
         e = nats_error(s, 0, err, "options");
         goto out;
