@@ -14,6 +14,7 @@
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 struct sqlite_db {
     struct loom_db base; /* first: lib/store.c sees only this */
@@ -86,10 +87,22 @@ static loom_err sqlite_open(const struct loom__store_conf *conf, struct loom_db 
      * or kernel crash may undo the last transactions, which is the usual trade for a server.
      * Foreign keys are off by default in SQLite and on in PostgreSQL.
      */
-    rc = sqlite3_exec(h,
-                      "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
-                      "PRAGMA foreign_keys=ON",
-                      NULL, NULL, NULL);
+    /* Switching a new file to WAL takes an exclusive lock, and SQLite answers BUSY at once
+     * rather than through the busy handler when another process is setting up the same file
+     * at the same moment (two replicas starting together): try again until busy_timeout. */
+    uint64_t give_up = loom_now_ns() + conf->busy_timeout_ns;
+    for (;;) {
+        rc = sqlite3_exec(h,
+                          "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+                          "PRAGMA foreign_keys=ON",
+                          NULL, NULL, NULL);
+        if ((rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED)
+            break;
+        if (loom_now_ns() >= give_up)
+            break;
+        struct timespec ts = { 0, 2 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
     if (rc != SQLITE_OK) {
         lrc = loom_error_set(err, LOOM_ECONNECT, "sqlite: cannot set up %s: %s", conf->target,
                              sqlite3_errmsg(h));
