@@ -12,9 +12,10 @@
 #      connections, closed loop) on each backend, and of EVENTS raw publishes; medians, the
 #      ratio nats/raw, the cpu each process used, and how full the SQLite bus is after each
 #      round (its rate falls as it fills).
-#   2. Latency at half load: at half of each backend's median rate, an open loop for
-#      LATENCY_SECONDS (POSTs due at fixed times on 8 connections, each record carrying its
-#      POST's due time) while `bus_tool latency`, a consumer group in its own process fetching
+#   2. Latency at half load, as a streaming client sends (POSTs of LAT_BATCH records, 100):
+#      first the pipeline's own maximum (ingest as fast as it goes while a consumer group
+#      reads every event), then at half of it an open loop for LATENCY_SECONDS (POSTs due at
+#      fixed times on 8 connections, each record carrying its POST's due time) while `bus_tool latency`, a consumer group in its own process fetching
 #      CONSUMER_BATCH events at most at a time, reads the events: POST -> consumer p50/p99/max,
 #      and stored -> consumer p99 (from the time the bus gives an event).
 # Targets: ingest >= 50,000 events/s embedded, >= 0.5x raw NATS on the nats backend, and
@@ -23,7 +24,8 @@
 # its own when there are 3 or more, else on loom's; the raw publisher runs where loom runs, so
 # nats/raw compares like with like.
 # Usage: bench/bus.sh [EVENTS] [LATENCY_SECONDS] [ROUNDS]   (defaults: 300000, 10 s, 3 rounds;
-# also EVENTS=, LATENCY_SECONDS=, ROUNDS=, BATCH= (records per POST, 1000), CONSUMER_BATCH=
+# also EVENTS=, LATENCY_SECONDS=, ROUNDS=, BATCH= (records per POST, 1000), LAT_BATCH= (the
+# same in the latency phase, 100), CONSUMER_BATCH=
 # (256), BACKENDS= ("sqlite nats", or either alone), LOOM=binary)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -34,6 +36,7 @@ rounds=${3:-${ROUNDS:-3}}
 backends=${BACKENDS:-sqlite nats}
 has_nats() { [[ " $backends " == *" nats "* ]]; }
 batch=${BATCH:-1000}
+lat_batch=${LAT_BATCH:-100}
 cbatch=${CONSUMER_BATCH:-256}
 BUS_TOOL=${BUS_TOOL:-$(dirname "$LOOM")/tests/bus_tool}
 fail() { echo "bench/bus.sh: $*" >&2; exit 1; }
@@ -430,7 +433,7 @@ for n in $backends $(has_nats && echo raw); do
 done
 
 # ---- latency at half of each backend's median rate ----
-echo "open loop at half of each backend's pipeline rate (ingest with a consumer attached), POSTs of $batch records on 8 connections," \
+echo "open loop at half of each backend's pipeline rate (ingest with a consumer attached), POSTs of $lat_batch records on 8 connections," \
     "${lat_secs}s; bus_tool latency consuming (a group of its own, fetching $cbatch at most):"
 declare -A p50 p99 held
 declare -A pipe
@@ -443,7 +446,7 @@ for n in $backends; do
     tpid=$!
     pids+=("$tpid")
     for _ in $(seq 100); do grep -q subscribed "$work/max-$n.out" && break; sleep 0.1; done
-    res=$(taskset -c $CLIENT_CPU "$work/client" "${port[$n]}" bench "$batch" "m$n" 2 max "$events" |
+    res=$(taskset -c $CLIENT_CPU "$work/client" "${port[$n]}" bench "$lat_batch" "m$n" 2 max "$events" |
         awk '/^RESULT/') || true
     [ -n "$res" ] || fail "the $n pipeline run failed: $(tail -5 "$work/ingest-$n.log")"
     sleep 2
@@ -462,7 +465,7 @@ for n in $backends; do
     c0=$(cpu_ticks "${lpid[$n]}")
     n0=$(cpu_ticks "$natspid")
     t0=$(cpu_ticks $tpid)
-    cres=$(taskset -c $CLIENT_CPU "$work/client" "${port[$n]}" bench "$batch" "p$n" 8 rate "$half" \
+    cres=$(taskset -c $CLIENT_CPU "$work/client" "${port[$n]}" bench "$lat_batch" "p$n" 8 rate "$half" \
         "$lat_secs" | awk '/^RESULT/') || true
     [ -n "$cres" ] || fail "the $n open-loop run failed: $(tail -5 "$work/ingest-$n.log")"
     secs=$(kv "$cres" seconds)
