@@ -10,8 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LOOM_NS_PER_US 1000ull
-#define LOOM_NS_PER_MS 1000000ull
+#define LOOM_NS_PER_US  1000ull
+#define LOOM_NS_PER_MS  1000000ull
 #define LOOM_NS_PER_SEC 1000000000ull
 
 /* CLOCK_MONOTONIC in nanoseconds: never goes back, unrelated to the calendar. */

@@ -13,12 +13,12 @@
 
 #define LOOM_VERSION "0.1.0"
 
-#define LOOM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
-#define LOOM_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define LOOM_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define LOOM_ARRAY_SIZE(a)              (sizeof(a) / sizeof((a)[0]))
+#define LOOM_MIN(a, b)                  ((a) < (b) ? (a) : (b))
+#define LOOM_MAX(a, b)                  ((a) > (b) ? (a) : (b))
 #define LOOM_CONTAINER_OF(p, T, member) ((T *)((char *)(p)-offsetof(T, member)))
-#define LOOM_LIKELY(x) __builtin_expect(!!(x), 1)
-#define LOOM_UNLIKELY(x) __builtin_expect(!!(x), 0)
-#define LOOM_UNUSED(x) ((void)(x))
+#define LOOM_LIKELY(x)                  __builtin_expect(!!(x), 1)
+#define LOOM_UNLIKELY(x)                __builtin_expect(!!(x), 0)
+#define LOOM_UNUSED(x)                  ((void)(x))
 
 #endif

@@ -14,24 +14,24 @@
 
 typedef enum loom_err {
     LOOM_OK = 0,
-    LOOM_EINVAL = 1,       /* bad argument or malformed input */
-    LOOM_ETOOBIG = 2,      /* a size, count or depth ceiling was hit */
-    LOOM_ENOTFOUND = 3,    /* no such thing */
-    LOOM_EEXIST = 4,       /* already exists */
-    LOOM_EIO = 5,          /* a system call failed; see errno in the message */
-    LOOM_ETIMEDOUT = 6,    /* a deadline passed */
-    LOOM_ECANCELED = 7,    /* the operation was cancelled before it ran */
-    LOOM_EAGAIN = 8,       /* try again later (would block, temporarily overloaded) */
-    LOOM_ECLOSED = 9,      /* the peer or handle is closed */
-    LOOM_EPARSE = 10,      /* syntax error in a document or protocol stream */
+    LOOM_EINVAL = 1,        /* bad argument or malformed input */
+    LOOM_ETOOBIG = 2,       /* a size, count or depth ceiling was hit */
+    LOOM_ENOTFOUND = 3,     /* no such thing */
+    LOOM_EEXIST = 4,        /* already exists */
+    LOOM_EIO = 5,           /* a system call failed; see errno in the message */
+    LOOM_ETIMEDOUT = 6,     /* a deadline passed */
+    LOOM_ECANCELED = 7,     /* the operation was cancelled before it ran */
+    LOOM_EAGAIN = 8,        /* try again later (would block, temporarily overloaded) */
+    LOOM_ECLOSED = 9,       /* the peer or handle is closed */
+    LOOM_EPARSE = 10,       /* syntax error in a document or protocol stream */
     LOOM_EUNSUPPORTED = 11, /* valid but not supported by this implementation */
-    LOOM_EBUSY = 12,       /* a queue or pool is full */
-    LOOM_EUNAVAIL = 13,    /* not ready, draining, or a circuit breaker is open */
-    LOOM_EUNAUTH = 14,     /* missing or invalid credentials */
-    LOOM_EFORBIDDEN = 15,  /* authenticated but not allowed */
-    LOOM_ECONFLICT = 16,   /* state conflict (in flight, precondition failed) */
-    LOOM_EINTERNAL = 17,   /* a bug or an impossible state */
-    LOOM_ECONNECT = 18,    /* could not connect to a peer */
+    LOOM_EBUSY = 12,        /* a queue or pool is full */
+    LOOM_EUNAVAIL = 13,     /* not ready, draining, or a circuit breaker is open */
+    LOOM_EUNAUTH = 14,      /* missing or invalid credentials */
+    LOOM_EFORBIDDEN = 15,   /* authenticated but not allowed */
+    LOOM_ECONFLICT = 16,    /* state conflict (in flight, precondition failed) */
+    LOOM_EINTERNAL = 17,    /* a bug or an impossible state */
+    LOOM_ECONNECT = 18,     /* could not connect to a peer */
     LOOM_ERR__COUNT
 } loom_err;
 

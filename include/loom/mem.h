@@ -32,9 +32,9 @@ struct loom__arena_chunk;
 struct loom__arena_cleanup;
 
 struct loom_arena {
-    char *pos, *end;                     /* free space in the current chunk */
-    struct loom__arena_chunk *chunks;    /* newest first; the last is the first chunk */
-    struct loom__arena_chunk *large;     /* allocations bigger than a quarter chunk */
+    char *pos, *end;                      /* free space in the current chunk */
+    struct loom__arena_chunk *chunks;     /* newest first; the last is the first chunk */
+    struct loom__arena_chunk *large;      /* allocations bigger than a quarter chunk */
     struct loom__arena_cleanup *cleanups; /* newest first */
     size_t chunk_size;
     size_t bytes; /* bytes handed out since the last reset, for limits and tests */

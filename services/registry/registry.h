@@ -55,10 +55,10 @@ struct reg_service {
     struct loom_svc *svc;
     struct loom_pool *pool;
     struct loom_store *store;
-    struct loom_bus *bus;             /* where the log's events are published */
-    struct loom_outbox_relay *relay;  /* publishes the outbox of `store` to `bus` */
-    char *artifacts_dir; /* <dir> */
-    char *tmp_dir;       /* <dir>/tmp: uploads in progress */
+    struct loom_bus *bus;            /* where the log's events are published */
+    struct loom_outbox_relay *relay; /* publishes the outbox of `store` to `bus` */
+    char *artifacts_dir;             /* <dir> */
+    char *tmp_dir;                   /* <dir>/tmp: uploads in progress */
     /* metrics */
     struct loom_gauge *g_models, *g_versions;
     struct loom_counter *c_events[REG_EV__COUNT];
@@ -141,9 +141,9 @@ extern const size_t reg_nmigrations;
 /*
  * Append an event to `model`'s log (the next seq, a new UUIDv7 id, the current time), apply it
  * to the projections and queue it in the outbox as a CloudEvent (same id and time, subject the
- * model, data the log's with "model" added), in the caller's transaction. `data` is a JSON object. On success
- * *time_ms_out (may be NULL) is the event's time. LOOM_EBUSY when another writer took the same
- * seq (the transaction is then retried by loom_store_tx).
+ * model, data the log's with "model" added), in the caller's transaction. `data` is a JSON object.
+ * On success *time_ms_out (may be NULL) is the event's time. LOOM_EBUSY when another writer took
+ * the same seq (the transaction is then retried by loom_store_tx).
  */
 loom_err reg_emit(struct loom_db *db, struct loom_str model, enum reg_event_type type,
                   struct loom_str data, int64_t *time_ms_out, struct loom_error *err);
