@@ -53,14 +53,7 @@ done
 NATS_CPU=$SERVER_CPU
 [ "$NCPU" -lt 3 ] || NATS_CPU=$((NCPU - 2))
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_work
 
 # ---- the raw JetStream publisher (nats.c) ----
 cat >"$work/raw_nats.c" <<'C'

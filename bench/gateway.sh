@@ -30,14 +30,7 @@ done
 $PY -c 'import xgboost, numpy, sklearn' 2>/dev/null || fail "python3-xgboost, -numpy and -sklearn are needed"
 [ -x "$LOOM" ] || fail "build loom first (make)"
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_work
 
 $PY "$here/../tests/models/train.py" "$work/train" 2>/dev/null || fail "tests/models/train.py failed"
 mkdir -p "$work/models" "$work/data"

@@ -15,10 +15,7 @@ for tool in wrk nginx taskset; do
 done
 [ -x "$LOOM" ] || { echo "bench/http.sh: build loom first (make)" >&2; exit 1; }
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
+bench_work
 
 # loom: time from exec to the first 200 from /readyz, measured from outside.
 lport=$(free_port)

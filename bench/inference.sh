@@ -30,14 +30,7 @@ $PY -c 'import fastapi, uvicorn, uvloop, httptools, xgboost, numpy, sklearn' 2>/
         "needed (scripts/deps.sh bench)"
 [ -x "$LOOM" ] || fail "build loom first (make)"
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_work
 
 # The model (only cancer in the repository, so loom's RSS is that of this one model), the request
 # (the first test row without NaN) and the rows to check the answers on (every row without NaN).

@@ -10,6 +10,19 @@ NCPU=$(nproc)
 SERVER_CPU=$((NCPU - 1))
 CLIENT_CPU=0
 
+# bench_work: a temporary directory in $work, and the processes whose pids a script appends to
+# the array pids, all stopped and removed when the script exits.
+bench_work() {
+    work=$(mktemp -d)
+    pids=()
+    trap bench_cleanup EXIT
+}
+bench_cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null
+    rm -rf "$work"
+}
+
 free_port() {
     $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }

@@ -17,10 +17,7 @@ trees=${3:-${TREES:-100}}
 [ -x "$LOOM" ] || { echo "bench/train.sh: build loom first (make)" >&2; exit 1; }
 [ -f /usr/include/xgboost/c_api.h ] || { echo "bench/train.sh: libxgboost-dev is missing (scripts/deps.sh build)" >&2; exit 1; }
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
+bench_work
 
 cc -O2 -std=c17 -Wall "$here/train_capi.c" -o "$work/train_capi" -lxgboost -lcrypto -lm
 "$LOOM" demo data fraud --rows "$rows" --seed 1 --out "$work/fraud.csv" 2>/dev/null
