@@ -63,7 +63,18 @@ struct team;
 struct worker {
     struct team *team;
     pthread_t thread;
+    size_t index;
 };
+
+/* One thread per CPU: left alone, the scheduler kept the two threads of a run on one CPU for
+ * the whole process now and then (sleeping threads look idle), halving the figure. */
+static void pin(pthread_t thread, size_t cpu)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET((int)(cpu % (size_t)sysconf(_SC_NPROCESSORS_ONLN)), &set);
+    pthread_setaffinity_np(thread, sizeof(set), &set);
+}
 
 struct team {
     const struct loom_model *model;
@@ -95,6 +106,7 @@ static void team_work(struct team *t)
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
+    pin(pthread_self(), w->index);
     for (;;) {
         pthread_barrier_wait(&w->team->start);
         if (w->team->quit)
@@ -112,8 +124,9 @@ static void team_init(struct team *t, const struct loom_model *model, size_t nth
     pthread_barrier_init(&t->start, NULL, (unsigned)nthreads);
     pthread_barrier_init(&t->done, NULL, (unsigned)nthreads);
     t->workers = loom_calloc(nthreads, sizeof(*t->workers));
+    pin(pthread_self(), 0);
     for (size_t i = 1; i < nthreads; i++) {
-        t->workers[i] = (struct worker){ .team = t };
+        t->workers[i] = (struct worker){ .team = t, .index = i };
         pthread_create(&t->workers[i].thread, NULL, worker_main, &t->workers[i]);
     }
 }
