@@ -762,11 +762,12 @@ def test_clients_api_authorization(identity):
     r = srv.api("GET", "/api/v1/clients", otok)
     assert_problem(r, 401)
     assert "unknown_kid" in r.headers["www-authenticate"]
-    # an expired token
-    short = identity("--identity.token-ttl=1s", "--identity.clock-skew=0s")
+    # an expired token (2 s: exp is iat + ttl in whole seconds, so a token lives between ttl - 1
+    # and ttl seconds; with 1 s the first call could already come after exp on a busy machine)
+    short = identity("--identity.token-ttl=2s", "--identity.clock-skew=0s")
     stok = short.admin_token()
     assert short.api("GET", "/api/v1/clients", stok).status_code == 200
-    time.sleep(2.1)
+    time.sleep(3.1)
     r = short.api("GET", "/api/v1/clients", stok)
     assert_problem(r, 401)
     assert "expired" in r.headers["www-authenticate"]
