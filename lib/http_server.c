@@ -116,6 +116,7 @@ struct loom__http_conn {
     bool kick_pending;
     bool responded;
     bool peer_eof;
+    bool continue_owed;  /* Expect: 100-continue on a streaming route: sent when it reads */
     bool lingering;      /* answered and shut for writing: reading what the client still sends */
     uint64_t linger_end; /* when lingering stops, however much the client still sends */
     bool peer_known;
@@ -658,6 +659,7 @@ static void reset_request(struct loom__http_conn *c)
     loom_buf_reset(&c->hoffs);
     c->abort_hooks = NULL;
     c->responded = false;
+    c->continue_owed = false;
     c->streaming = false;
     c->body_seen = 0;
     c->sink_err = LOOM_OK;
@@ -1012,11 +1014,17 @@ static int on_headers_complete(void *ud)
         c->refuse_msg = "request body is larger than this route accepts";
         return -1;
     }
-    if (expect.len && has_body && req->version_minor == 1) {
-        loom_buf_append_cstr(out_tail(c), "HTTP/1.1 100 Continue\r\n\r\n");
-        conn_kick(c);
-    }
     bool stream = req->route && (req->route->flags & LOOM_ROUTE_STREAM) && !c->deferred_status;
+    if (expect.len && has_body && req->version_minor == 1) {
+        /* A streaming handler may answer before it wants the body (an unknown stream, say):
+         * the client then never sends it, so the 100 waits for loom_http_req_read_body. */
+        if (stream) {
+            c->continue_owed = true;
+        } else {
+            loom_buf_append_cstr(out_tail(c), "HTTP/1.1 100 Continue\r\n\r\n");
+            conn_kick(c);
+        }
+    }
     if (clen != UINT64_MAX && clen > 0 && !stream)
         loom_buf_reserve(&c->body, (size_t)clen);
     c->state = C_BODY;
@@ -1076,6 +1084,11 @@ void loom_http_req_read_body(struct loom_http_req *req, loom_http_body_fn on_dat
     c->on_data = on_data;
     c->on_end = on_end;
     c->body_arg = arg;
+    if (c->continue_owed && !c->responded && !c->closed) {
+        c->continue_owed = false;
+        loom_buf_append_cstr(out_tail(c), "HTTP/1.1 100 Continue\r\n\r\n");
+        conn_kick(c);
+    }
     loom_err e = c->body_err;
     if (!e && c->body.len) {
         /* What arrived before the handler asked. */

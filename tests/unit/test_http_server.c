@@ -840,6 +840,28 @@ static void test_streaming(void)
     free(r);
     close(fd);
 
+    /* With Expect: 100-continue, a streaming handler that refuses before reading gets no 100
+     * sent ahead of its answer (the client never sends the body); one that reads gets it. */
+    fd = dial();
+    send_str(fd, "PUT /upload HTTP/1.1\r\nHost: x\r\nX-Mode: refuse\r\nContent-Length: 100000\r\n"
+                 "Expect: 100-continue\r\n\r\n");
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 409);
+    CHECK(peer_closed(fd));
+    free(r);
+    close(fd);
+    fd = dial();
+    send_str(fd, "PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                 "Expect: 100-continue\r\n\r\n");
+    r = read_response(fd);
+    CHECK(r && strncmp(r, "HTTP/1.1 100 Continue\r\n\r\n", 25) == 0);
+    free(r);
+    send_str(fd, "abc");
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 201);
+    free(r);
+    close(fd);
+
     /* Over the route's limit (chunked, so only the count tells): on_end says ETOOBIG. */
     atomic_store(&stream_ends, 0);
     fd = dial();
