@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # API gateway benchmark: one-row KServe v2 predictions (POST /v2/models/cancer/infer, the
-# breast-cancer XGBoost model of tests/models/train.py) sent three ways in the same run, to the
-# same `loom serve inference --inference.threads=1`:
-#   direct   straight to inference;
+# breast-cancer XGBoost model of tests/models/train.py) sent three ways in the same run, to
+# `loom serve inference --inference.threads=1` (two identical processes: one on TCP for the
+# direct path, one on a unix socket behind both proxies, as a proxy on the same host as its
+# replicas reaches them; only one is under load at a time):
+#   direct   straight to inference over TCP;
 #   gateway  through `loom serve gateway --gateway.threads=1` with everything on: a JWT from
 #            identity (verified, then served from the verified-token cache), the infer scope
 #            checked, the in-memory GCRA rate limit applied (limits high enough not to refuse),
 #            the traffic-split lookup, header rewriting, deadline propagation, keep-alive
 #            upstream connections; access log off (--log-level=warn), as nginx's;
 #   nginx    nginx with one worker as a plain reverse proxy (proxy_pass to an upstream block with
-#            keepalive 64, HTTP/1.1, no auth).
+#            keepalive 64, HTTP/1.1, no auth), to the same unix socket.
 # The servers share the last cpu (the proxies and inference compete for it exactly as in a
 # one-core deployment), wrk runs on cpu 0. Interleaved rounds of wrk -t1 -c50 give req/s,
 # p50 and p99 under load; then rounds of wrk -t1 -c1 give the unloaded round trip, whose p50
@@ -46,12 +48,19 @@ PY
 path=/v2/models/cancer/infer
 secret=bench-gateway-admin-secret-0123456789
 
+# Two identical inference processes: one on TCP for the direct path, one on a unix socket for
+# the two proxies (as a gateway beside its replicas on one host would reach them). Only one of
+# them is under load at any time.
 iport=$(free_port)
-taskset -c $SERVER_CPU "$LOOM" serve inference --inference.model-repository="$work/models" \
-    --inference.listen=127.0.0.1:$iport --inference.threads=1 --data-dir="$work/data" \
-    --log-level=warn >/dev/null 2>"$work/inference.log" &
-inf_pid=$!
-pids+=("$inf_pid")
+isock=$work/inference.sock
+for listen in 127.0.0.1:$iport unix:$isock; do
+    taskset -c $SERVER_CPU "$LOOM" serve inference --inference.model-repository="$work/models" \
+        --inference.listen=$listen --inference.threads=1 --data-dir="$work/data" \
+        --log-level=warn >/dev/null 2>>"$work/inference.log" &
+    pids+=($!)
+    inf_pids+=" $!"
+    inf_pid=$! # the one behind the proxies
+done
 idport=$(free_port)
 "$LOOM" serve identity --identity.listen=127.0.0.1:$idport --identity.issuer=http://bench.loom \
     --identity.bootstrap-secret=$secret --identity.token-ttl=1h --data-dir="$work/data" \
@@ -59,7 +68,7 @@ idport=$(free_port)
 pids+=($!)
 gport=$(free_port)
 taskset -c $SERVER_CPU "$LOOM" serve gateway --gateway.listen=127.0.0.1:$gport --gateway.threads=1 \
-    --gateway.inference=127.0.0.1:$iport --gateway.identity=127.0.0.1:$idport \
+    --gateway.inference=unix:$isock --gateway.identity=127.0.0.1:$idport \
     --gateway.issuer=http://bench.loom --gateway.rate-limit=10000000/s:10000000 \
     --data-dir="$work/data" --log-level=warn >/dev/null 2>"$work/gateway.log" &
 gw_pid=$!
@@ -67,6 +76,7 @@ pids+=("$gw_pid")
 nport=$(free_port)
 cat >"$work/nginx.conf" <<NGINX
 worker_processes 1;
+$( [ "$(id -u)" = 0 ] && echo "user root;  # the worker reaches the unix socket, as the gateway does" )
 daemon off;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
@@ -74,7 +84,7 @@ events { worker_connections 1024; }
 http {
     access_log off;
     keepalive_requests 1000000;
-    upstream inference { server 127.0.0.1:$iport; keepalive 64; }
+    upstream inference { server unix:$isock; keepalive 64; }
     server {
         listen 127.0.0.1:$nport;
         location = /ready { return 200 "ok\n"; }
@@ -90,6 +100,12 @@ taskset -c $SERVER_CPU nginx -c "$work/nginx.conf" -p "$work" >/dev/null 2>&1 &
 nginx_pid=$!
 pids+=("$nginx_pid")
 wait_http "http://127.0.0.1:$iport/v2/models/cancer/ready" 20 || { cat "$work/inference.log" >&2; fail "inference did not start"; }
+for _ in $(seq 200); do
+    curl -sf -o /dev/null --unix-socket "$isock" http://localhost/v2/models/cancer/ready && break
+    sleep 0.1
+done
+curl -sf -o /dev/null --unix-socket "$isock" http://localhost/v2/models/cancer/ready ||
+    { cat "$work/inference.log" >&2; fail "inference on unix:$isock did not start"; }
 wait_http "http://127.0.0.1:$gport/readyz" 20 || { cat "$work/gateway.log" >&2; fail "the gateway did not start"; }
 wait_http "http://127.0.0.1:$nport/ready" 10 || fail "nginx did not start"
 
@@ -160,7 +176,7 @@ for conns in 50 1; do
         for i in 0 1 2; do
             n=${names[$i]}
             read -r a b c <<<"$(run "$n" "${ports[$i]}" "$conns" "$r")"
-            for p in "$inf_pid" "$gw_pid" "$nginx_pid"; do
+            for p in $inf_pids "$gw_pid" "$nginx_pid"; do
                 kill -0 "$p" 2>/dev/null || fail "a server exited during the benchmark"
             done
             if [ "$conns" = 50 ]; then
@@ -194,4 +210,4 @@ nadded=$(awk -v a="${ml50[nginx]}" -v b="${ml50[direct]}" 'BEGIN { printf "%.0f"
 echo "  gateway/direct = $gd ($(verdict "$gd" ">=" 0.7)); gateway/nginx = $gn ($(verdict "$gn" ">=" 1.0));" \
     "nginx/direct = $nd"
 echo "  added p50 (unloaded, -c1): gateway $added us ($(verdict "$added" "<" 100 "100 us")), nginx $nadded us"
-echo "  RSS after the load: gateway $(rss_kb "$gw_pid") KiB, inference $(rss_kb "$inf_pid") KiB"
+echo "  RSS after the load: gateway $(rss_kb "$gw_pid") KiB, inference (behind the proxies) $(rss_kb "$inf_pid") KiB"

@@ -300,6 +300,12 @@ static loom_err check_addr(struct loom_str s, bool allow_empty, const char *qv,
                               "interfaces)",
                               qv);
     }
+    if (loom_str_has_prefix(s, LOOM_STR("unix:"))) {
+        if (s.len < 7 || s.ptr[5] != '/' || s.len - 5 > 107)
+            return loom_error_set(err, LOOM_EINVAL,
+                                  "%s is not unix:/ABSOLUTE/PATH (of at most 107 bytes)", qv);
+        return LOOM_OK;
+    }
     struct loom_str host, port;
     if (s.ptr[0] == '[') {
         ptrdiff_t close = loom_str_index(s, ']');

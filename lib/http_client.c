@@ -1533,7 +1533,10 @@ struct loom_http_upstream *loom_http_upstream_new(struct loom_loop *loop,
             upstream_free_mem(up);
             return NULL;
         }
-        const char *host = cfg->host ? cfg->host : a->name;
+        /* A unix socket has no host name to give: "localhost", as curl sends. */
+        const char *host = cfg->host                       ? cfg->host
+                           : a->sa.ss.ss_family == AF_UNIX ? "localhost"
+                                                           : a->name;
         struct loom_str hs = loom_str_cstr(host);
         if (!safe_value(hs) || hs.len == 0) {
             loom_error_set(err, LOOM_EINVAL, "upstream \"%s\": bad host \"%s\"", up->name, host);

@@ -21,6 +21,7 @@
 #include <loom/json.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -31,6 +32,7 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define READ_SLACK   16384 /* `in` may hold this much beyond the header limit */
@@ -140,6 +142,7 @@ struct loom_http_server {
     struct listener **listeners;
     size_t nlisteners;
     int port;
+    char *unix_path; /* the socket file of a unix: listener, removed when listening stops */
     atomic_size_t nconns;
 };
 
@@ -1545,13 +1548,20 @@ loom_err loom_http_server_listen(struct loom_http_server *s, struct loom_loop *l
     pthread_mutex_lock(&s->mu);
     if (s->port > 0)
         loom_net_set_port(&sa, s->port);
-    int fd = loom_net_listen(&sa, true, 4096, err);
+    /* A unix socket cannot be bound once per loop: the loops share one, each with its own fd. */
+    int fd = sa.ss.ss_family == AF_UNIX && s->nlisteners && s->listeners[0]->fd >= 0
+                 ? fcntl(s->listeners[0]->fd, F_DUPFD_CLOEXEC, 0)
+                 : loom_net_listen(&sa, true, 4096, err);
     if (fd < 0) {
+        if (err && !err->code)
+            loom_error_errno(err, "dup of the listening socket");
         pthread_mutex_unlock(&s->mu);
         return LOOM_EIO;
     }
     if (s->port <= 0)
         s->port = loom_net_local_port(fd);
+    if (sa.ss.ss_family == AF_UNIX && !s->unix_path && !s->nlisteners)
+        s->unix_path = loom_strdup(((const struct sockaddr_un *)&sa.ss)->sun_path);
     struct listener *ls = loom_new(struct listener);
     ls->srv = s;
     ls->loop = loop;
@@ -1610,10 +1620,23 @@ static void listener_check_drained(struct listener *ls)
         loom_loop_defer(ls->loop, &ls->drained_task, drained_task);
 }
 
+/* The socket file goes with the first listener to stop: a client then finds no server rather
+ * than one that no longer accepts. */
+static void unlink_unix_path(struct loom_http_server *s)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->unix_path)
+        unlink(s->unix_path);
+    free(s->unix_path);
+    s->unix_path = NULL;
+    pthread_mutex_unlock(&s->mu);
+}
+
 static void listener_close_fd(struct listener *ls)
 {
     if (ls->fd < 0)
         return;
+    unlink_unix_path(ls->srv);
     loom_io_stop(&ls->io);
     loom_timer_stop(&ls->pause_timer);
     close(ls->fd);
@@ -1668,6 +1691,7 @@ void loom_http_server_free(struct loom_http_server *s)
 {
     if (!s)
         return;
+    unlink_unix_path(s);
     for (size_t i = 0; i < s->nlisteners; i++) {
         struct listener *ls = s->listeners[i];
         if (ls->fd >= 0)

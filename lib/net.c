@@ -10,11 +10,34 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#define UNIX_PREFIX "unix:"
+
+static loom_err resolve_unix(const char *addr, struct loom_sockaddr *out, struct loom_error *err)
+{
+    const char *path = addr + strlen(UNIX_PREFIX);
+    struct sockaddr_un *un = (struct sockaddr_un *)&out->ss;
+    size_t n = strlen(path);
+    if (n == 0 || path[0] != '/')
+        return loom_error_set(err, LOOM_EINVAL, "\"%s\": write unix:/ABSOLUTE/PATH", addr);
+    if (n >= sizeof(un->sun_path))
+        return loom_error_set(err, LOOM_EINVAL, "\"%s\": a socket path has at most %zu bytes", addr,
+                              sizeof(un->sun_path) - 1);
+    memset(out, 0, sizeof(*out));
+    un->sun_family = AF_UNIX;
+    memcpy(un->sun_path, path, n + 1);
+    out->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+    return LOOM_OK;
+}
 
 loom_err loom_net_resolve(const char *hostport, bool passive, struct loom_sockaddr *out,
                           struct loom_error *err)
 {
+    if (strncmp(hostport, UNIX_PREFIX, strlen(UNIX_PREFIX)) == 0)
+        return resolve_unix(hostport, out, err);
     struct loom_str s = loom_str_cstr(hostport), host, port;
     if (s.len && s.ptr[0] == '[') {
         ptrdiff_t close = loom_str_index(s, ']');
@@ -64,6 +87,33 @@ static void set_nodelay(int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+/* A unix socket path may be bound if nothing is there, or if a socket file is there that
+ * nobody listens on any more (left by a server that was killed): that one is removed. */
+static bool unix_path_free(const struct loom_sockaddr *addr, struct loom_error *err)
+{
+    const char *path = ((const struct sockaddr_un *)&addr->ss)->sun_path;
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        return true;
+    if (!S_ISSOCK(st.st_mode)) {
+        loom_error_set(err, LOOM_EEXIST, "unix:%s exists and is not a socket", path);
+        return false;
+    }
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe < 0) {
+        loom_error_errno(err, "socket");
+        return false;
+    }
+    int rc = connect(probe, (const struct sockaddr *)&addr->ss, addr->len);
+    close(probe);
+    if (rc == 0) {
+        loom_error_set(err, LOOM_EEXIST, "unix:%s: another server listens there", path);
+        return false;
+    }
+    unlink(path);
+    return true;
+}
+
 int loom_net_listen(const struct loom_sockaddr *addr, bool reuseport, int backlog,
                     struct loom_error *err)
 {
@@ -75,7 +125,13 @@ int loom_net_listen(const struct loom_sockaddr *addr, bool reuseport, int backlo
         return -1;
     }
     int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (addr->ss.ss_family == AF_UNIX) {
+        if (!unix_path_free(addr, err))
+            goto out_close;
+        reuseport = false; /* unix sockets have no such sharing: one fd serves every loop */
+    } else {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    }
     if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
         loom_error_errno(err, "SO_REUSEPORT on %s", name);
         goto out_close;
@@ -101,7 +157,8 @@ int loom_net_connect(const struct loom_sockaddr *addr, struct loom_error *err)
         loom_error_errno(err, "socket");
         return -1;
     }
-    set_nodelay(fd);
+    if (addr->ss.ss_family != AF_UNIX)
+        set_nodelay(fd);
     if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 && errno != EINPROGRESS) {
         char name[64];
         loom_net_format(addr, name, sizeof(name));
@@ -156,6 +213,10 @@ void loom_net_format(const struct loom_sockaddr *addr, char *out, size_t cap)
         inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
         port = ntohs(in6->sin6_port);
         snprintf(out, cap, "[%s]:%d", host, port);
+    } else if (addr->ss.ss_family == AF_UNIX) {
+        const struct sockaddr_un *un = (const struct sockaddr_un *)&addr->ss;
+        bool named = addr->len > offsetof(struct sockaddr_un, sun_path) && un->sun_path[0];
+        snprintf(out, cap, UNIX_PREFIX "%s", named ? un->sun_path : "");
     } else {
         snprintf(out, cap, "?");
     }

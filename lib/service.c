@@ -38,7 +38,7 @@ static const struct loom_conf_field global_fields[] = {
 
 static const struct loom_conf_field common_template[] = {
     LOOM_CONF_FIELD(struct loom_svc_conf, listen, "listen", ADDR, NULL,
-                    "HOST:PORT to listen on (port 0 picks a free one)."),
+                    "HOST:PORT to listen on (port 0 picks a free one), or unix:/PATH."),
     LOOM_CONF_RANGE_FIELD(struct loom_svc_conf, threads, "threads", INT, "1", 1, 256,
                           "Event-loop threads, each with its own SO_REUSEPORT listener."),
     LOOM_CONF_RANGE_FIELD(struct loom_svc_conf, max_header_bytes, "max-header-bytes", SIZE, "32KiB",

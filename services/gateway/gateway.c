@@ -21,7 +21,7 @@
 
 static const struct loom_conf_field gw_fields[] = {
     LOOM_CONF_FIELD(struct gw_conf, inference, "inference", LIST, "127.0.0.1:8081",
-                    "Inference replicas (HOST:PORT, comma-separated): /v2/..."),
+                    "Inference replicas (HOST:PORT or unix:/PATH, comma-separated): /v2/..."),
     LOOM_CONF_FIELD(struct gw_conf, registry, "registry", LIST, "127.0.0.1:8082",
                     "Registry replicas: /api/v1/models, /api/v1/artifacts, /api/v1/resolve."),
     LOOM_CONF_FIELD(struct gw_conf, trainer, "trainer", LIST, "127.0.0.1:8083",

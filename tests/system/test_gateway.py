@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import socketserver
+import stat
 import subprocess
 import threading
 import time
@@ -440,6 +441,36 @@ def test_routes_reach_each_upstream(gw, backends):
     assert r.status_code == 404
     r = gw.req("DELETE", "/api/v1/models")  # the path exists for other methods
     assert r.status_code == 405 and "GET" in r.headers["Allow"] and "POST" in r.headers["Allow"]
+
+
+def test_inference_over_a_unix_socket(tmp_path, backends, gateways):
+    # An inference replica on the same host, reached over a unix socket: the same answers as over
+    # TCP; the socket file goes when the replica stops, and the gateway then answers 5xx.
+    path = os.path.join(str(tmp_path), "inference.sock")
+    proc = subprocess.Popen([LOOM_BIN, "serve", "inference", f"--inference.listen=unix:{path}",
+                             f"--inference.model-repository={backends.repo}",
+                             f"--data-dir={tmp_path}/unix-inference"],
+                            env=clean_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        g = gateways(inference=f"unix:{path}")
+        want = requests.post(f"http://{backends.addr('inference')}/v2/models/{MODEL}/infer",
+                             json=infer_body(3.0, 4.0), timeout=10).json()
+        deadline = time.monotonic() + READY
+        while True:
+            r = g.req("POST", f"/v2/models/{MODEL}/infer", scope="infer", json=infer_body(3.0, 4.0))
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"] == want["outputs"]
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+    finally:
+        proc.terminate()
+        assert proc.wait(10 * SLOW) == 0
+    assert not os.path.exists(path)
+    r = g.req("POST", f"/v2/models/{MODEL}/infer", scope="infer", json=infer_body())
+    assert r.status_code in (502, 503), r.text
 
 
 def test_forwarded_headers(gw, echo):

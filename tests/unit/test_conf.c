@@ -323,6 +323,12 @@ static void test_types(void)
     CHECK_INT(fx.g.log_level, 2);
     CHECK_UINT(fx.gw.upstreams.n, 0);
     loom_conf_release(&fx.conf);
+    /* A unix socket is an address too. */
+    fx_init(&fx);
+    CHECK_INT(fx_load(&fx, ARGS("--inference.listen=unix:/run/loom/inference.sock"), NULL),
+              LOOM_OK);
+    CHECK_STR(fx.inf_common.listen, "unix:/run/loom/inference.sock");
+    loom_conf_release(&fx.conf);
 
     /* More accepted forms, one at a time. */
     struct {
@@ -454,6 +460,9 @@ static void test_bad_values(void)
     EXPECT_ERROR(ARGS("--inference.listen=::1:8080"), NULL, NULL,
                  "--inference.listen: \"::1:8080\" is not HOST:PORT (write IPv6 addresses in "
                  "brackets, e.g. [::1]:8080)");
+    EXPECT_ERROR(ARGS("--inference.listen=unix:run/loom.sock"), NULL, NULL,
+                 "--inference.listen: \"unix:run/loom.sock\" is not unix:/ABSOLUTE/PATH (of at "
+                 "most 107 bytes)");
     EXPECT_ERROR(ARGS("--inference.listen=[::1]8080"), NULL, NULL,
                  "--inference.listen: \"[::1]8080\" is not HOST:PORT (missing :PORT)");
     EXPECT_ERROR(ARGS("--inference.listen=[::1:8080"), NULL, NULL,

@@ -22,6 +22,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 /* ---- loom servers: A and B on one loop thread ---- */
@@ -136,11 +137,29 @@ static void srv_start(struct srv *sv)
     snprintf(sv->addr, sizeof(sv->addr), "127.0.0.1:%d", sv->port);
 }
 
+/* U listens on a unix socket; its path (and "unix:" + it) are filled in by servers_start. */
+static struct srv srv_u = { .id = "u" };
+static char unix_path[64], unix_addr[80];
+
 static void servers_start(void)
 {
     sloop = loom_loop_new();
     srv_start(&srv_a);
     srv_start(&srv_b);
+    snprintf(unix_path, sizeof(unix_path), "/tmp/loom-test-client-%d.sock", (int)getpid());
+    snprintf(unix_addr, sizeof(unix_addr), "unix:%s", unix_path);
+    /* A file left by a server that died is taken over. */
+    int stale = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un un = { .sun_family = AF_UNIX };
+    snprintf(un.sun_path, sizeof(un.sun_path), "%s", unix_path);
+    CHECK_INT(bind(stale, (struct sockaddr *)&un, sizeof(un)), 0);
+    close(stale);
+    struct loom_http_server_config cfg = {
+        .name = "test", .routes = routes, .nroutes = LOOM_ARRAY_SIZE(routes), .ctx = &srv_u
+    };
+    struct loom_error err = { 0 };
+    srv_u.s = loom_http_server_new(&cfg, &err);
+    CHECK_INT(loom_http_server_listen(srv_u.s, sloop, unix_addr, &err), LOOM_OK);
     pthread_create(&sthread, NULL, serve, NULL);
 }
 
@@ -150,6 +169,8 @@ static void servers_stop(void)
     pthread_join(sthread, NULL);
     loom_http_server_free(srv_a.s);
     loom_http_server_free(srv_b.s);
+    loom_http_server_free(srv_u.s);
+    CHECK(access(unix_path, F_OK) != 0); /* the socket file went with its server */
     loom_loop_free(sloop);
 }
 
@@ -1251,6 +1272,62 @@ static void test_take_body_moves(void)
     loom_http_upstream_free(up);
 }
 
+static void test_unix_socket(void)
+{
+    struct loom_http_upstream_config cfg = { 0 };
+    struct loom_http_upstream *up = upstream(&cfg, unix_addr, NULL);
+    struct res r;
+    for (int i = 0; i < 5; i++) {
+        do_get(up, "/id", &r);
+        CHECK_INT(r.status, 200);
+        CHECK_STR(r.body, "u");
+    }
+    struct loom_http_header hs[] = { { LOOM_STR("X-Test"), LOOM_STR("abc") } };
+    struct loom_http_request req = {
+        .method = LOOM_HTTP_GET, .target = LOOM_STR("/hdr"), .headers = hs, .nheaders = 1
+    };
+    send_req(up, &req, &r);
+    CHECK_STR(r.body, "abc|localhost"); /* a unix socket has no host name to send */
+    struct loom_http_request post = { .method = LOOM_HTTP_POST,
+                                      .target = LOOM_STR("/echo"),
+                                      .body = LOOM_STR("{\"inputs\":[1,2,3]}") };
+    send_req(up, &post, &r);
+    CHECK_STR(r.body, "{\"inputs\":[1,2,3]}");
+    struct loom_http_addr_stats st;
+    addr_stats(up, 0, &st);
+    CHECK_UINT(st.connects, 1);
+    CHECK_UINT(st.requests, 7);
+    loom_http_upstream_free(up);
+
+    /* A second server cannot take a path where one listens, nor a file that is no socket. */
+    struct loom_http_server_config scfg = { .name = "t2", .routes = routes, .nroutes = 1 };
+    struct loom_error err = { 0 };
+    struct loom_http_server *s2 = loom_http_server_new(&scfg, &err);
+    struct loom_loop *l2 = loom_loop_new();
+    CHECK(loom_http_server_listen(s2, l2, unix_addr, &err) != LOOM_OK);
+    CHECK_CONTAINS(err.msg, "another server listens there");
+    char file[80], faddr[96];
+    snprintf(file, sizeof(file), "%s.file", unix_path);
+    snprintf(faddr, sizeof(faddr), "unix:%s", file);
+    FILE *f = fopen(file, "w");
+    fclose(f);
+    CHECK(loom_http_server_listen(s2, l2, faddr, &err) != LOOM_OK);
+    CHECK_CONTAINS(err.msg, "is not a socket");
+    unlink(file);
+    CHECK_INT(loom_http_server_listen(s2, l2, "unix:relative.sock", &err), LOOM_EINVAL);
+    loom_http_server_free(s2);
+    loom_loop_free(l2);
+    CHECK(access(unix_path, F_OK) == 0); /* the refused listens left the live one alone */
+
+    /* A path where nothing listens: connect is refused, as for a closed TCP port. */
+    char none[96];
+    snprintf(none, sizeof(none), "unix:%s.none", unix_path);
+    up = upstream(&cfg, none, NULL);
+    do_get(up, "/id", &r);
+    CHECK_INT(r.err, LOOM_ECONNECT);
+    loom_http_upstream_free(up);
+}
+
 int main(void)
 {
     loom_log_set_level(LOOM_LOG_ERROR);
@@ -1276,6 +1353,7 @@ int main(void)
     RUN(test_metrics);
     RUN(test_take_body_moves);
     RUN(test_dead_server);
+    RUN(test_unix_socket);
     loom_loop_free(cloop);
     servers_stop();
     return check_report();
