@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,7 @@ struct target {
     char host[256];
     char port[16];
     char prefix[256];
+    const char *token; /* a bearer token for the gateway, or NULL */
 };
 
 struct totals {
@@ -44,8 +46,8 @@ struct totals {
 static void usage(FILE *out, const char *cmd)
 {
     fprintf(out,
-            "Usage: %s STREAM FILE [--url URL] [--batch-records N] [--batch-bytes SIZE]\n"
-            "       [--retries N] [--quiet]\n\n"
+            "Usage: %s STREAM FILE [--url URL] [--token T] [--batch-records N]\n"
+            "       [--batch-bytes SIZE] [--retries N] [--quiet]\n\n"
             "Send the records in FILE to stream STREAM of the ingest service, with a progress\n"
             "line. FILE is a JSON array of records or NDJSON (one record per line), gzip-\n"
             "compressed or not. Records that break the stream's contract are listed with their\n"
@@ -53,6 +55,8 @@ static void usage(FILE *out, const char *cmd)
             "records with ids are deduplicated.\n\n"
             "  --url URL          the ingest service (default $LOOM_INGEST_URL, else\n"
             "                     http://127.0.0.1:8084); a gateway's URL works too\n"
+            "  --token T          a bearer token with the ingest scope, for the gateway\n"
+            "                     (default $LOOM_TOKEN)\n"
             "  --batch-records N  records go in requests of at most N records (default 20000)\n"
             "  --batch-bytes SIZE ... and at most SIZE bytes (default 16MiB)\n"
             "  --retries N        times a busy service (503) is retried (default 10)\n"
@@ -166,12 +170,29 @@ static bool read_response(int fd, struct loom_buf *in, struct response *r, int t
     }
 }
 
+/* Whether the progress line is on the terminal's last line: a message first ends it, or the
+ * next "\r" would overwrite the message. */
+static bool progress_shown;
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+    if (progress_shown)
+        fputc('\n', stderr);
+    progress_shown = false;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
 static void progress(struct totals *t, bool force)
 {
     uint64_t now = loom_now_ns();
     if (t->quiet || (!force && now - t->last_progress < 200 * LOOM_NS_PER_MS))
         return;
     t->last_progress = now;
+    progress_shown = true;
     double secs = (double)(now - t->t0) / 1e9;
     fprintf(stderr, "\rloom ingest: %.1f / %.1f MiB (%.0f%%), %.1f MiB/s   ",
             (double)t->sent / 1048576.0, (double)t->size / 1048576.0,
@@ -197,8 +218,8 @@ static bool report(const struct response *r, struct totals *t)
     bool ok = r->status == 200 || r->status == 207 || r->status == 422;
     if (loom_json_parse(r->body.data, r->body.len, NULL, &a, &doc, NULL) ||
         !loom_json_is_object(&doc, 0)) {
-        fprintf(stderr, "\nloom ingest: the service answered %d: %.*s\n", r->status,
-                (int)LOOM_MIN(r->body.len, 500), r->body.data ? r->body.data : "");
+        say("loom ingest: the service answered %d: %.*s\n", r->status,
+            (int)LOOM_MIN(r->body.len, 500), r->body.data ? r->body.data : "");
         loom_arena_release(&a);
         return false;
     }
@@ -207,7 +228,7 @@ static bool report(const struct response *r, struct totals *t)
         struct loom_str detail = LOOM_STR_NULL;
         if (d >= 0)
             loom_json_unescape(&doc, d, &a, &detail);
-        fprintf(stderr, "\nloom ingest: %d: %.*s\n", r->status, LOOM_STR_FMT(detail));
+        say("loom ingest: %d: %.*s\n", r->status, LOOM_STR_FMT(detail));
         t->accepted += json_u64(&doc, "accepted");
         loom_arena_release(&a);
         return false;
@@ -228,16 +249,15 @@ static bool report(const struct response *r, struct totals *t)
             int x = loom_json_obj_get(&doc, i, "index");
             if (x >= 0)
                 loom_json_to_i64(&doc, x, &index);
-            fprintf(stderr, "\nrejected: record %llu of the file",
-                    (unsigned long long)(t->base + (uint64_t)LOOM_MAX(index, 0)));
-            if (id.len)
-                fprintf(stderr, " id %.*s", LOOM_STR_FMT(id));
+            say("rejected: record %llu of the file%s%.*s\n",
+                (unsigned long long)(t->base + (uint64_t)LOOM_MAX(index, 0)), id.len ? " id " : "",
+                LOOM_STR_FMT(id));
             int errs = loom_json_obj_get(&doc, i, "errors");
             if (errs >= 0)
                 loom_json_foreach (&doc, errs, e) {
                     struct loom_str msg;
                     if (!loom_json_unescape(&doc, e, &a, &msg))
-                        fprintf(stderr, "\n  %.*s", LOOM_STR_FMT(msg));
+                        say("  %.*s\n", LOOM_STR_FMT(msg));
                 }
         }
     }
@@ -252,18 +272,20 @@ static bool send_batch(const struct target *tg, const char *stream, struct loom_
     for (int attempt = 0;; attempt++) {
         int fd = dial(tg);
         if (fd < 0) {
-            fprintf(stderr,
-                    "\nloom ingest: cannot connect to %s:%s: %s; is `loom serve ingest` "
-                    "running? (--url)\n",
-                    tg->host, tg->port, strerror(errno));
+            say("loom ingest: cannot connect to %s:%s: %s; is `loom serve ingest` "
+                "running? (--url)\n",
+                tg->host, tg->port, strerror(errno));
             return false;
         }
-        char head[1024];
+        char head[1024 + 8192];
         int n = snprintf(head, sizeof(head),
                          "POST %s/api/v1/streams/%s/events HTTP/1.1\r\nHost: %s\r\n"
                          "Content-Type: application/x-ndjson\r\nContent-Length: %zu\r\n"
+                         "%s%s%s"
                          "Expect: 100-continue\r\nConnection: close\r\n\r\n",
-                         tg->prefix, stream, tg->host, body.len);
+                         tg->prefix, stream, tg->host, body.len,
+                         tg->token ? "Authorization: Bearer " : "", tg->token ? tg->token : "",
+                         tg->token ? "\r\n" : "");
         struct response r = { 0 };
         struct loom_buf in;
         loom_buf_init(&in, (size_t)64 << 20);
@@ -277,12 +299,12 @@ static bool send_batch(const struct target *tg, const char *stream, struct loom_
         loom_buf_release(&in);
         close(fd);
         if (!ok) {
-            fprintf(stderr, "\nloom ingest: the connection to %s:%s failed\n", tg->host, tg->port);
+            say("loom ingest: the connection to %s:%s failed\n", tg->host, tg->port);
             return false;
         }
         if (r.status == 503 && attempt < retries) {
-            fprintf(stderr, "\nloom ingest: the service is busy; retrying in %llu s",
-                    (unsigned long long)r.retry_after);
+            say("loom ingest: the service is busy; retrying in %llu s\n",
+                (unsigned long long)r.retry_after);
             loom_buf_release(&r.body);
             sleep((unsigned)LOOM_MAX(r.retry_after, 1));
             continue;
@@ -326,8 +348,8 @@ static loom_err on_record(void *arg, const char *p, size_t n, const struct ing_p
 {
     struct reader *rd = arg;
     if (pos->oversize) {
-        fprintf(stderr, "\nrejected: record %llu: longer than 1 MiB (not sent)",
-                (unsigned long long)(rd->batch_first + rd->batch_records));
+        say("rejected: record %llu: longer than 1 MiB (not sent)\n",
+            (unsigned long long)(rd->batch_first + rd->batch_records));
         rd->t->records++;
         rd->t->rejected++;
         rd->local_rejected++;
@@ -369,7 +391,7 @@ static loom_err on_bytes(void *arg, const char *p, size_t n)
     struct loom_error err = { 0 };
     loom_err e = ing_split_feed(&rd->split, p, n, on_record, rd, &err);
     if (e == LOOM_EPARSE)
-        fprintf(stderr, "\nloom ingest: %s\n", err.msg);
+        say("loom ingest: %s\n", err.msg);
     return e;
 }
 
@@ -377,6 +399,7 @@ int cmd_ingest(int argc, char **argv)
 {
     const char *cmd = argc > 0 ? argv[0] : "loom ingest";
     const char *url = getenv("LOOM_INGEST_URL");
+    const char *token = getenv("LOOM_TOKEN");
     if (!url || !*url)
         url = "http://127.0.0.1:8084";
     const char *pos[2] = { NULL, NULL };
@@ -390,6 +413,10 @@ int cmd_ingest(int argc, char **argv)
             return 0;
         } else if (strcmp(a, "--quiet") == 0) {
             t.quiet = true;
+        } else if (strcmp(a, "--token") == 0 && i + 1 < argc) {
+            token = argv[++i];
+        } else if (strncmp(a, "--token=", 8) == 0) {
+            token = a + 8;
         } else if ((strcmp(a, "--url") == 0 || strcmp(a, "--batch-bytes") == 0 ||
                     strcmp(a, "--batch-records") == 0 || strcmp(a, "--retries") == 0) &&
                    i + 1 < argc) {
@@ -431,6 +458,15 @@ int cmd_ingest(int argc, char **argv)
         fprintf(stderr, "%s: --url wants http://HOST:PORT, got \"%s\"\n", cmd, url);
         return 2;
     }
+    if (token && !*token)
+        token = NULL;
+    for (const char *c = token; c && *c; c++) {
+        if ((unsigned char)*c <= ' ' || *c == 0x7f || c - token >= 8192) {
+            fprintf(stderr, "%s: --token must be one word of at most 8 KiB\n", cmd);
+            return 2;
+        }
+    }
+    tg.token = token;
     int file = open(pos[1], O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (file < 0 || fstat(file, &st) < 0) {
@@ -456,7 +492,7 @@ int cmd_ingest(int argc, char **argv)
     for (;;) {
         ssize_t got = read(file, buf, sizeof(buf));
         if (got < 0) {
-            fprintf(stderr, "\n%s: cannot read %s: %s\n", cmd, pos[1], strerror(errno));
+            say("%s: cannot read %s: %s\n", cmd, pos[1], strerror(errno));
             e = LOOM_EIO;
             break;
         }
@@ -470,11 +506,11 @@ int cmd_ingest(int argc, char **argv)
         progress(&t, false);
     }
     if (!e && gzip && (e = ing_inflate_finish(z, &err)))
-        fprintf(stderr, "\n%s: %s\n", pos[1], err.msg);
+        say("%s: %s\n", pos[1], err.msg);
     if (e == LOOM_EPARSE && gzip && !rd.failed && err.msg[0])
-        fprintf(stderr, "\n%s: %s\n", pos[1], err.msg);
+        say("%s: %s\n", pos[1], err.msg);
     if (!e && rd.started && (e = ing_split_finish(&rd.split, on_record, &rd, &err)))
-        fprintf(stderr, "\n%s: %s\n", pos[1], err.msg);
+        say("%s: %s\n", pos[1], err.msg);
     bool ok = !e && !rd.failed && flush_batch(&rd);
     close(file);
     ing_inflate_release(z);
@@ -484,7 +520,7 @@ int cmd_ingest(int argc, char **argv)
     loom_buf_release(&rd.batch);
     progress(&t, true);
     double secs = (double)(loom_now_ns() - t.t0) / 1e9;
-    if (!t.quiet)
+    if (progress_shown)
         fputc('\n', stderr);
     printf("%s: accepted %llu of %llu records into %s (%llu rejected) in %.1f s\n", pos[1],
            (unsigned long long)t.accepted, (unsigned long long)t.records, pos[0],

@@ -15,6 +15,7 @@ accepted; the contracts the service refuses are checked against the declaration'
 """
 
 import gzip
+import http.server
 import json
 import os
 import sqlite3
@@ -433,7 +434,48 @@ def test_cli_streams_a_file(ingest, tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert "accepted 3 of 4 records" in r.stdout
     assert "record 3 of the file" in r.stderr and "below the minimum 0" in r.stderr
+    # With the progress line on, every message still ends its own line: the next "\r" of the
+    # progress line must not overwrite a rejection's reason.
+    r = run_loom("ingest", "transactions", str(arr), "--url", ing.base)
+    assert r.returncode == 1
+    assert "\nrejected: record 3 of the file id bad\n  amount: -5 is below the minimum 0\n" in r.stderr
     r = run_loom("ingest", "nope", str(nd), "--url", ing.base, "--quiet")
     assert r.returncode == 1 and "404" in r.stderr
     assert run_loom("ingest", "transactions").returncode == 2
     assert len(ing.events()) == 5003
+
+
+def test_cli_sends_a_bearer_token(tmp_path):
+    # Through the gateway `loom ingest` needs a token: --token, else $LOOM_TOKEN.
+    seen = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            seen.append(self.headers.get("Authorization"))
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b'{"records":1,"accepted":1,"rejected_count":0,"rejected":[]}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        f = tmp_path / "one.ndjson"
+        f.write_text('{"txn_id": "t1"}\n')
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        assert run_loom("ingest", "s", str(f), "--url", url, "--token", "abc.def").returncode == 0
+        assert run_loom("ingest", "s", str(f), "--url", url, env={"LOOM_TOKEN": "t.u"}).returncode == 0
+        assert run_loom("ingest", "s", str(f), "--url", url).returncode == 0
+        assert seen == ["Bearer abc.def", "Bearer t.u", None]
+        r = run_loom("ingest", "s", str(f), "--url", url, "--token", "a b")
+        assert r.returncode == 2 and "--token" in r.stderr
+    finally:
+        srv.shutdown()
