@@ -981,6 +981,30 @@ static void test_file(void)
     unlink(file_path);
 }
 
+/* A port held by another server is refused, not shared through SO_REUSEPORT; the loops of one
+ * server still share theirs. */
+static void test_port_in_use(void)
+{
+    struct loom_http_server_config cfg = { .name = "t2", .routes = routes, .nroutes = 1 };
+    struct loom_error err = { 0 };
+    struct loom_http_server *s2 = loom_http_server_new(&cfg, &err);
+    struct loom_loop *l1 = loom_loop_new(), *l2 = loom_loop_new();
+    char addr[32];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+    CHECK_INT(loom_http_server_listen(s2, l1, addr, &err), LOOM_EIO);
+    CHECK_CONTAINS(err.msg, "is in use by another process");
+    loom_http_server_free(s2);
+
+    s2 = loom_http_server_new(&cfg, &err);
+    CHECK_INT(loom_http_server_listen(s2, l1, "127.0.0.1:0", &err), LOOM_OK);
+    int p2 = loom_http_server_port(s2);
+    CHECK_INT(loom_http_server_listen(s2, l2, "127.0.0.1:0", &err), LOOM_OK);
+    CHECK_INT(loom_http_server_port(s2), p2); /* the second loop joined the first's port */
+    loom_http_server_free(s2);
+    loom_loop_free(l1);
+    loom_loop_free(l2);
+}
+
 static void test_drain(void)
 {
     int busy = dial();
@@ -1075,6 +1099,7 @@ int main(void)
     RUN(test_streaming);
     RUN(test_linger);
     RUN(test_file);
+    RUN(test_port_in_use);
     RUN(test_drain);
     stop_server();
     return check_report();
