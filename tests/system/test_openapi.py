@@ -34,8 +34,13 @@ HTTP_METHODS = ("get", "put", "post", "patch", "delete", "head", "options", "tra
 
 # Route tables not held to this document, and why.
 EXCEPT_TABLES = {
-    "inf_routes": "inference's KServe v2 routes: the gateway's /v2 paths describe them",
     "echo_routes": "the example service: not behind the gateway, not part of the platform API",
+}
+# Registered routes left out of the document, and why.
+UNDOCUMENTED = {
+    ("POST", "/v2/repository/{}/index"): "named repositories: answered 400, not supported",
+    ("POST", "/v2/repository/{}/models/{}/load"): "named repositories: answered 400",
+    ("POST", "/v2/repository/{}/models/{}/unload"): "named repositories: answered 400",
 }
 # Documented operations the gateway does not route, and why.
 NOT_ROUTED = {
@@ -328,7 +333,8 @@ def test_every_registered_route_is_documented(doc):
     for name, routes in sorted(tables.items()):
         if name in EXCEPT_TABLES:
             continue
-        missing += [f"{name}: {m} {t}" for m, t in routes if (m, normalize(t)) not in have]
+        missing += [f"{name}: {m} {t}" for m, t in routes
+                    if (m, normalize(t)) not in have and (m, normalize(t)) not in UNDOCUMENTED]
     own = [(m, t) for m, t, up, fn in gateway_routes()
            if up == "LOCAL" and fn not in ("NULL", "gw_h_no_route")]
     assert ("GET", "/openapi.json") in own
