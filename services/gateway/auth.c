@@ -295,16 +295,19 @@ enum gw_auth_result gw_authenticate(struct gw_loop *gl, struct loom_http_req *re
         count_failure(gw, "missing");
         return GW_AUTH_MISSING;
     }
-    if (h.len < 7 || !loom_str_ieq(loom_str_make(h.ptr, 7), LOOM_STR("bearer "))) {
+    /* Another scheme, or the scheme alone, is a request without bearer credentials: RFC 6750
+     * section 3.1 gives it a challenge without an error code (GW_AUTH_MISSING). */
+    struct loom_str scheme, tok = loom_str_cut(loom_str_trim(h), ' ', &scheme);
+    if (!loom_str_ieq(scheme, LOOM_STR("bearer"))) {
         count_failure(gw, "not_bearer");
         *why = "the Authorization scheme must be Bearer";
-        return GW_AUTH_INVALID;
+        return GW_AUTH_MISSING;
     }
-    struct loom_str tok = loom_str_trim(loom_str_make(h.ptr + 7, h.len - 7));
+    tok = loom_str_trim(tok);
     if (tok.len == 0) {
-        count_failure(gw, "malformed");
-        *why = "the token is empty";
-        return GW_AUTH_INVALID;
+        count_failure(gw, "missing");
+        *why = "the bearer token is empty";
+        return GW_AUTH_MISSING;
     }
     if (tok.len > LOOM_JWT_MAX_LEN) {
         count_failure(gw, "too_large");

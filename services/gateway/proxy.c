@@ -382,10 +382,14 @@ static void authenticate(struct gw_req *g, bool may_wait)
     switch (r) {
     case GW_AUTH_OK:
         break;
-    case GW_AUTH_MISSING:
-        refuse_after_limits(g, "Bearer realm=\"loom\"",
-                            "a bearer token is required (Authorization: Bearer ...)");
+    case GW_AUTH_MISSING: {
+        char detail[200];
+        snprintf(detail, sizeof(detail),
+                 "a bearer token is required (Authorization: Bearer ...)%s%s", why[0] ? ": " : "",
+                 why);
+        refuse_after_limits(g, "Bearer realm=\"loom\"", detail);
         return;
+    }
     case GW_AUTH_INVALID: {
         char detail[200];
         snprintf(detail, sizeof(detail), "invalid token: %s", why);

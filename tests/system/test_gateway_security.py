@@ -237,13 +237,17 @@ def test_forged_tokens_are_refused(env):
 def test_other_schemes_and_missing_credentials(env):
     g = env["gw"]
     tok = g.token("models:read")
-    assert get_models(g, tok, "Basic").status_code == 401
-    assert get_models(g, tok, "Token").status_code == 401
-    r = requests.get(g.base + "/api/v1/models", timeout=10)
-    assert r.status_code == 401 and r.headers["WWW-Authenticate"] == 'Bearer realm="loom"'
-    r = requests.get(g.base + "/api/v1/models", timeout=10,
-                     auth=("admin", ADMIN_SECRET))  # client credentials are not a bearer token
-    assert r.status_code == 401
+    # RFC 6750 3.1: a request without bearer credentials (no Authorization, another scheme,
+    # the scheme alone) gets a challenge without an error code; invalid_token is for a token
+    # that was presented and refused
+    for r in (get_models(g, tok, "Basic"), get_models(g, tok, "Token"), get_models(g, "", "Bearer"),
+              get_models(g, "   ", "Bearer"), requests.get(g.base + "/api/v1/models", timeout=10),
+              requests.get(g.base + "/api/v1/models", timeout=10,
+                           auth=("admin", ADMIN_SECRET))):  # client credentials are no bearer
+        assert r.status_code == 401, r.text
+        assert r.headers["WWW-Authenticate"] == 'Bearer realm="loom"', r.headers
+    r = get_models(g, "not-a-token")
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
     # the scheme is case-insensitive (RFC 9110 11.1); surrounding spaces are fine
     assert get_models(g, tok, "bearer").status_code == 200
     assert get_models(g, tok + "  ", "BEARER").status_code == 200
