@@ -26,6 +26,7 @@
 #include <loom/log.h>
 #include <loom/trace.h>
 
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -949,6 +950,23 @@ static void proxy(struct gw_req *g)
     loom_http_req_on_abort(req, on_client_abort, g);
 }
 
+/* A HEAD answer carries the Content-Length the GET would have (RFC 9110 section 9.3.2): the
+ * upstream's. The server writes Content-Length itself, from the body it is given, and sends
+ * no body to a HEAD; its one call that takes a length without the bytes is the file answer,
+ * so the length is given as that of /dev/null, which it closes without reading. */
+static void respond_head(struct gw_req *g, int status, const char *ctype, struct loom_str clen)
+{
+    uint64_t n;
+    int fd = -1;
+    if (loom_str_to_u64(clen, &n) || (fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
+        gw_respond(g, status, ctype, LOOM_STR_NULL);
+        return;
+    }
+    edge_headers(g);
+    loom_http_respond_file(g->req, status, ctype, fd, 0, n);
+    finish(g, status);
+}
+
 static void on_upstream(struct loom_http_response *resp, void *arg)
 {
     struct gw_req *g = arg;
@@ -985,13 +1003,15 @@ static void on_upstream(struct loom_http_response *resp, void *arg)
     }
     const char *ctype = NULL;
     bool conn_named = connection_names_fields(resp->headers, resp->nheaders);
-    struct loom_str via = LOOM_STR_NULL;
+    struct loom_str via = LOOM_STR_NULL, clen = LOOM_STR_NULL;
     for (size_t i = 0; i < resp->nheaders; i++) {
         const struct loom_http_header *hd = &resp->headers[i];
         if (loom_str_ieq(hd->name, LOOM_STR("content-type"))) {
             ctype = loom_arena_strndup(req->arena, hd->value.ptr, hd->value.len);
             continue;
         }
+        if (loom_str_ieq(hd->name, LOOM_STR("content-length")))
+            clen = hd->value;
         unsigned f = field_flags(hd->name);
         if (hd->name.len == 3 && (f & F_OWNED))
             via = hd->value;
@@ -1009,6 +1029,10 @@ static void on_upstream(struct loom_http_response *resp, void *arg)
                           via.len ? cat(req->arena, vparts, 2) : LOOM_STR("1.1 loom-gateway"));
     if (g->idem_claimed)
         gw_idem_finish(g, resp->status, resp->headers, resp->nheaders, resp->body);
+    if (req->method == LOOM_HTTP_HEAD && clen.len) {
+        respond_head(g, resp->status, ctype, clen);
+        return;
+    }
     if (resp->body.len >= SMALL_BODY) {
         struct loom_buf b = { 0 };
         loom_http_response_take_body(resp, &b);

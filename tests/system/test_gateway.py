@@ -443,6 +443,27 @@ def test_routes_reach_each_upstream(gw, backends):
     assert r.status_code == 405 and "GET" in r.headers["Allow"] and "POST" in r.headers["Allow"]
 
 
+def test_head_carries_the_upstream_content_length(gw, backends):
+    # RFC 9110 9.3.2: a HEAD answer has the Content-Length its GET would have, no body
+    for path, scope, svc in (("/api/v1/models", "models:read", "registry"),
+                             (f"/v2/models/{MODEL}", "infer", "inference")):
+        get = gw.req("GET", path, scope=scope)
+        direct = requests.head(backends.proc.url(svc, path), timeout=10,
+                               headers={"Loom-Client-Id": "admin"})
+        head = gw.req("HEAD", path, scope=scope)
+        assert get.status_code == head.status_code == 200, (path, head.headers)
+        assert head.content == b""
+        assert int(head.headers["Content-Length"]) == len(get.content) > 0, (path, head.headers)
+        assert head.headers["Content-Length"] == direct.headers["Content-Length"], path
+        assert head.headers["Content-Type"] == get.headers["Content-Type"]
+        assert "RateLimit" in head.headers and "X-Request-Id" in head.headers
+    # the connection stays usable after a HEAD answer (no body is waited for)
+    with requests.Session() as s:
+        h = gw.auth("models:read")
+        assert s.head(gw.base + "/api/v1/models", headers=h, timeout=10).status_code == 200
+        assert s.get(gw.base + "/api/v1/models", headers=h, timeout=10).status_code == 200
+
+
 def test_inference_over_a_unix_socket(tmp_path, backends, gateways):
     # An inference replica on the same host, reached over a unix socket: the same answers as over
     # TCP; the socket file goes when the replica stops, and the gateway then answers 5xx.
