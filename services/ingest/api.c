@@ -219,14 +219,18 @@ static void op_submit(struct ing_op *op)
     }
 }
 
+/* The {stream} of the path. A name no stream can have is a 404 where a stream is looked up, and
+ * a 400 where one is declared (PUT), since then the fix is another name. */
 static bool stream_param(struct loom_http_req *req, struct loom_str *name)
 {
     *name = loom_http_req_param(req, "stream");
     if (ing_valid_stream_name(*name))
         return true;
-    loom_http_respond_problem(req, 404, NULL,
-                              "no stream \"%.*s\" (stream names are 1 to %d characters of "
+    bool put = req->method == LOOM_HTTP_PUT;
+    loom_http_respond_problem(req, put ? 400 : 404, NULL,
+                              "%s \"%.*s\" (stream names are 1 to %d characters of "
                               "[a-z0-9_-], starting with a letter or digit)",
+                              put ? "a stream cannot be named" : "no stream",
                               (int)LOOM_MIN(name->len, 80), name->ptr ? name->ptr : "",
                               ING_STREAM_MAX);
     return false;

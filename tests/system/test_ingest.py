@@ -171,7 +171,9 @@ def test_bad_contracts_say_what_to_fix(ingest, contract, says):
         assert API.errors({"$ref": "#/components/schemas/StreamDeclaration"}, contract), \
             f"the StreamDeclaration schema accepts a contract ingest refuses: {contract}"
     assert_problem(ing.request("PUT", "/api/v1/streams/s", data=b"{"), 400)
-    assert_problem(ing.put("Bad-Name", {"fields": {"x": {"type": "number"}}}), 404)
+    body = assert_problem(ing.put("Bad-Name", {"fields": {"x": {"type": "number"}}}), 400)
+    assert "cannot be named" in body["detail"] and "[a-z0-9_-]" in body["detail"]
+    assert_problem(ing.request("GET", "/api/v1/streams/Bad-Name"), 404)
 
 
 # ---- batches ----
