@@ -743,6 +743,7 @@ static void h_post_events(struct loom_http_req *req)
     struct loom_str enc = loom_str_trim(loom_http_req_header(req, "content-encoding"));
     if (enc.len && !loom_str_ieq(enc, LOOM_STR("gzip")) &&
         !loom_str_ieq(enc, LOOM_STR("identity"))) {
+        loom_http_resp_header(req, "Accept-Encoding", LOOM_STR("gzip")); /* RFC 9110 12.5.3 */
         loom_http_respond_problem(req, 415, NULL,
                                   "Content-Encoding %.*s is not supported (gzip or none)",
                                   (int)LOOM_MIN(enc.len, 80), enc.ptr);
