@@ -132,6 +132,7 @@ static void gw_free(struct gw_service *gw)
     gw_traffic_release(gw);
     gw_auth_release(gw);
     loom_router_free(gw->known);
+    free(gw->known_routes);
     free(gw->openapi_json);
     free(gw);
 }
@@ -223,7 +224,17 @@ static loom_err gw_init(struct loom_svc *svc, struct loom_error *err)
     if ((e = gw_limits_init(gw, err)) || (e = gw_idem_init(gw, err)) ||
         (e = gw_openapi_init(gw, err)) || (e = gw_traffic_init(gw, err)))
         goto fail;
-    gw->known = loom_router_new(gw_routes + GW_NCATCHALL, gw_nroutes - GW_NCATCHALL, err);
+    /* The paths and methods the edge answers: its table without the catch-alls, and the
+     * runtime's own GET routes, so that Allow lists them too. */
+    static const char *const runtime_paths[] = { "/livez", "/readyz", "/metrics" };
+    size_t nknown = gw_nroutes - GW_NCATCHALL + LOOM_ARRAY_SIZE(runtime_paths);
+    gw->known_routes = loom_calloc(nknown, sizeof(*gw->known_routes));
+    memcpy(gw->known_routes, gw_routes + GW_NCATCHALL,
+           (gw_nroutes - GW_NCATCHALL) * sizeof(*gw->known_routes));
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(runtime_paths); i++)
+        gw->known_routes[gw_nroutes - GW_NCATCHALL + i] =
+            (struct loom_route){ LOOM_HTTP_GET, runtime_paths[i], gw_h_edge, 0, 0 };
+    gw->known = loom_router_new(gw->known_routes, nknown, err);
     if (!gw->known) {
         e = LOOM_EINVAL;
         goto fail;

@@ -138,7 +138,8 @@ const struct gw_rule *gw_rule_of(const struct loom_route *route);
 
 /* The first routes of the table are the catch-alls ("/{path...}"): OPTIONS, then the others. */
 #define GW_NCATCHALL 6
-/* The answer of the catch-alls: 404, or 405 with Allow (the path exists for other methods). */
+/* The answer of the catch-alls: 404, or 405 with Allow (the path exists for other methods).
+ * A small body is read and dropped first, so the connection is kept. */
 void gw_h_no_route(struct gw_req *g);
 
 /* The names of the route classes used in --gateway.route-rate-limits. */
@@ -382,7 +383,8 @@ struct gw_service {
     pthread_mutex_t snap_mu;
     struct gw_snapshot *snap; /* under snap_mu */
     atomic_uint_fast64_t snap_rev;
-    struct loom_router *known; /* the table without its catch-alls: for 405 and Allow */
+    struct loom_router *known;       /* the table without its catch-alls: for 405 and Allow */
+    struct loom_route *known_routes; /* its routes (the router borrows them) */
     char *openapi_json;
     size_t openapi_len;
     atomic_long in_flight;

@@ -261,15 +261,32 @@ static bool origin_allowed(const struct gw_conf *conf, struct loom_str origin)
     return false;
 }
 
-/* OPTIONS: a CORS preflight is answered here; any other OPTIONS lists the methods. */
+/* The methods the path has in the routing table, OPTIONS included, as an Allow value into
+ * `out`; false when the table does not have the path. */
+static bool allow_list(struct gw_req *g, char *out, size_t cap)
+{
+    struct loom_route_match m;
+    /* No route of the table is an OPTIONS one: the match fails and gathers every method. */
+    loom_router_match(g->gw->known, LOOM_HTTP_OPTIONS, g->req->path, &m);
+    if (!m.allowed)
+        return false;
+    loom_http_allow_list(m.allowed | (1u << LOOM_HTTP_OPTIONS), out, cap);
+    return true;
+}
+
+/* OPTIONS: a CORS preflight is answered here; any other OPTIONS lists the path's methods. */
 static void options(struct gw_req *g)
 {
     struct loom_http_req *req = g->req;
     struct loom_str origin = loom_http_req_header(req, "origin");
     struct loom_str method = loom_http_req_header(req, "access-control-request-method");
+    char allow[128];
+    if (!allow_list(g, allow, sizeof(allow))) {
+        refuse(g, 404, NULL, "no route for %.*s", (int)LOOM_MIN(req->path.len, 200), req->path.ptr);
+        return;
+    }
     if (!origin.len || !method.len) {
-        loom_http_resp_header(req, "Allow",
-                              LOOM_STR("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        loom_http_resp_header(req, "Allow", loom_str_cstr(allow));
         gw_respond(g, 204, NULL, LOOM_STR_NULL);
         return;
     }
@@ -278,8 +295,7 @@ static void options(struct gw_req *g)
                    (int)LOOM_MIN(origin.len, 200), origin.ptr);
         return;
     }
-    loom_http_resp_header(req, "Access-Control-Allow-Methods",
-                          LOOM_STR("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+    loom_http_resp_header(req, "Access-Control-Allow-Methods", loom_str_cstr(allow));
     loom_http_resp_header(req, "Access-Control-Allow-Headers", LOOM_STR(ALLOW_HDRS));
     loom_http_resp_header(req, "Access-Control-Max-Age", LOOM_STR("600"));
     gw_respond(g, 204, NULL, LOOM_STR_NULL);
@@ -288,17 +304,14 @@ static void options(struct gw_req *g)
 void gw_h_no_route(struct gw_req *g)
 {
     struct loom_http_req *req = g->req;
-    struct loom_route_match m;
-    loom_router_match(g->gw->known, req->method, req->path, &m);
-    if (m.allowed) {
-        char allow[128];
-        loom_http_allow_list(m.allowed | (1u << LOOM_HTTP_OPTIONS), allow, sizeof(allow));
+    char allow[128];
+    if (allow_list(g, allow, sizeof(allow))) {
         loom_http_resp_header(req, "Allow", loom_str_cstr(allow));
-        gw_problem(g, 405, "method %.*s is not allowed here (allowed: %s)",
-                   LOOM_STR_FMT(req->method_name), allow);
+        refuse(g, 405, NULL, "method %.*s is not allowed here (allowed: %s)",
+               LOOM_STR_FMT(req->method_name), allow);
         return;
     }
-    gw_problem(g, 404, "no route for %.*s", (int)LOOM_MIN(req->path.len, 200), req->path.ptr);
+    refuse(g, 404, NULL, "no route for %.*s", (int)LOOM_MIN(req->path.len, 200), req->path.ptr);
 }
 
 /* ---- authentication ---- */

@@ -464,6 +464,39 @@ def test_head_carries_the_upstream_content_length(gw, backends):
         assert s.get(gw.base + "/api/v1/models", headers=h, timeout=10).status_code == 200
 
 
+def test_allow_agrees_and_refusals_keep_the_connection(gw):
+    # OPTIONS and the 405 name the same methods: the routing table's
+    for path in ("/api/v1/models", "/api/v1/flags/f1", "/api/v1/traffic/lin", "/oauth/token",
+                 "/livez"):
+        opt = requests.options(gw.base + path, timeout=10)
+        bad = gw.req("PATCH" if path != "/api/v1/models" else "DELETE", path)
+        assert opt.status_code == 204 and bad.status_code == 405, (path, opt, bad.text)
+        assert opt.headers["Allow"] == bad.headers["Allow"], path
+    assert requests.options(gw.base + "/api/v1/models", timeout=10).headers["Allow"] == \
+        "GET, HEAD, POST, OPTIONS"
+    assert requests.options(gw.base + "/nowhere", timeout=10).status_code == 404
+    # a 404 or 405 to a request with a small body (or none) keeps the keep-alive connection
+    import http.client
+    host, port = gw.base[len("http://"):].split(":")
+    c = http.client.HTTPConnection(host, int(port), timeout=10)
+    h = {"Authorization": gw.auth("admin")["Authorization"], "Content-Type": "application/json"}
+    for method, path, body in (("PATCH", "/api/v1/flags/f1", b'{"enabled":true}'),
+                               ("PATCH", "/api/v1/flags/f1", None),
+                               ("POST", "/api/v1/nowhere", b'{"x":1}'),
+                               ("DELETE", "/api/v1/models", None)):
+        c.request(method, path, body=body, headers=h)
+        r = r0 = c.getresponse()
+        r.read()
+        assert r.status in (404, 405), (method, path, r.status)
+        assert r.getheader("Connection") != "close", (method, path)
+        sock = c.sock
+        c.request("GET", "/livez")
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200 and c.sock is sock, (method, path, r0.status)
+    c.close()
+
+
 def test_inference_over_a_unix_socket(tmp_path, backends, gateways):
     # An inference replica on the same host, reached over a unix socket: the same answers as over
     # TCP; the socket file goes when the replica stops, and the gateway then answers 5xx.
