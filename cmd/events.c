@@ -13,6 +13,7 @@
 #include <loom/bus.h>
 #include <loom/event.h>
 #include <loom/json.h>
+#include <loom/trace.h>
 
 #include <errno.h>
 #include <pthread.h>
@@ -193,8 +194,15 @@ static int do_publish(struct loom_bus *bus, const struct opts *o)
     int rc = 1;
     if (loom_json_parse(data, len, NULL, &a, &doc, &err)) {
         fprintf(stderr, "loom events: DATA is not JSON: %s\n", err.msg);
+        rc = 2;
         goto out;
     }
+    /* A new trace, or a child of $TRACEPARENT: the event says what caused it, as services'
+     * events do. */
+    struct loom_trace_ctx parent, trace;
+    const char *tp = getenv("TRACEPARENT");
+    bool have_parent = tp && loom_trace_parse(loom_str_cstr(tp), &parent) == LOOM_OK;
+    loom_trace_child(have_parent ? &parent : NULL, &trace);
     struct loom_buf ev;
     loom_buf_init(&ev, 0);
     struct loom_event_spec spec = {
@@ -203,6 +211,7 @@ static int do_publish(struct loom_bus *bus, const struct opts *o)
         .type = type,
         .subject = o->subject ? loom_str_cstr(o->subject) : LOOM_STR_NULL,
         .data = loom_json_slice(&doc, 0),
+        .trace = &trace,
     };
     char id[LOOM_EVENT_ID_MAX + 1];
     if (loom_event_build(&spec, &ev, id, &err)) {
@@ -280,9 +289,14 @@ static int do_parked(struct loom_bus *bus, const struct opts *o)
     if ((o->after && !parse_u64(o->after, &after)) ||
         (o->limit && (!parse_u64(o->limit, &limit) || limit == 0 || limit > 100000)))
         return usage_error("--after and --limit are counts (--limit 1 to 100000)");
+    struct loom_error err = { 0 };
+    struct loom_bus_group_info in;
+    if (loom_bus_group_info(bus, o->pos[1], &in, &err)) {
+        fprintf(stderr, "loom events: %s\n", err.msg);
+        return 1;
+    }
     printf("%-6s %-8s %-40s %-32s %-3s %-24s  %s\n", "PSEQ", "SEQ", "ID", "SUBJECT", "TRY",
            "PARKED", "REASON");
-    struct loom_error err = { 0 };
     if (loom_bus_parked_list(bus, o->pos[1], after, (size_t)limit, print_parked, NULL, &err)) {
         fprintf(stderr, "loom events: %s\n", err.msg);
         return 1;

@@ -270,9 +270,15 @@ def test_trainer_consumes_training_requests(platform):
     with open(f"{tmp}/spec.json", "w") as f:
         json.dump(spec, f)
 
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     out = platform.cli("events", "publish", "loom.training.requested", f"@{tmp}/spec.json",
-                       "--id", "req-1").stdout.strip()
+                       "--id", "req-1",
+                       env={"TRACEPARENT": f"00-{trace}-00f067aa0ba902b7-01"}).stdout.strip()
     assert out == "req-1"
+    # The CLI's event continues the caller's trace (a new span of it).
+    ev = platform.tail("cli-trace", 1, filter="loom.training.requested")[0]
+    m = TRACEPARENT.match(ev["traceparent"])
+    assert ev["id"] == "req-1" and m.group(1) == trace and "00f067aa0ba902b7" not in ev["traceparent"]
     jid = derived_job_id("req-1")
 
     def job():
@@ -307,6 +313,10 @@ def test_trainer_consumes_training_requests(platform):
     for eid, s, _ in bad:
         platform.cli("events", "publish", "loom.training.requested", json.dumps(s), "--id", eid)
     platform.cli("events", "publish", "loom.training.requested", "[1, 2]", "--id", "req-bad-4")
+    r = platform.cli("events", "publish", "loom.training.requested", "{nope", check=False)
+    assert r.returncode == 2 and "not JSON" in r.stderr, r.stderr
+    r = platform.cli("events", "parked", "no-such-group", check=False)
+    assert r.returncode == 1 and "no-such-group" in r.stderr, r.stderr
 
     def parked():
         lines = platform.cli("events", "parked", "trainer").stdout.splitlines()[1:]
