@@ -323,7 +323,7 @@ struct reader {
     int retries;
     uint64_t batch_bytes;
     struct totals *t;
-    bool started, failed;
+    bool started, failed, bom_checked;
     struct ing_splitter split;
     struct loom_buf batch;
     uint64_t batch_records_max;
@@ -379,6 +379,9 @@ static loom_err on_bytes(void *arg, const char *p, size_t n)
     struct reader *rd = arg;
     if (!rd->started) { /* an array or NDJSON, by the first significant byte */
         size_t i = 0;
+        if (!rd->bom_checked && n >= 3 && memcmp(p, "\xef\xbb\xbf", 3) == 0)
+            i = 3; /* a UTF-8 byte order mark */
+        rd->bom_checked = true;
         while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n'))
             i++;
         if (i == n)

@@ -164,13 +164,15 @@ struct ing_splitter {
     int depth;
     struct loom_buf rec; /* the record so far, up to max_record bytes */
     bool oversize;
+    unsigned bom; /* bytes of a leading UTF-8 byte order mark skipped; 4 once past the start */
     uint64_t offset, rec_start, line, rec_line, count;
 };
 
 void ing_split_init(struct ing_splitter *s, bool ndjson, size_t max_record);
 void ing_split_release(struct ing_splitter *s);
 /* Feed bytes; fn gets each complete record. LOOM_EPARSE (with the offset in err) when the
- * framing is broken, or fn's error. */
+ * framing is broken, or fn's error. A UTF-8 byte order mark at the start is skipped (RFC 8259
+ * 8.1 lets a parser ignore it; Windows tools write one). */
 loom_err ing_split_feed(struct ing_splitter *s, const char *p, size_t n, ing_record_fn fn,
                         void *arg, struct loom_error *err);
 /* The body ended: emit a last NDJSON line; LOOM_EPARSE if an array is not closed. */

@@ -164,9 +164,30 @@ static loom_err broken(struct ing_splitter *s, struct loom_error *err, const cha
                           (unsigned long long)s->offset, what);
 }
 
+/* Skip what there is of a leading EF BB BF, even split across feeds; a start that is not one is
+ * left to the parser to refuse. */
+static size_t skip_bom(struct ing_splitter *s, const char *p, size_t n)
+{
+    static const unsigned char bom[3] = { 0xef, 0xbb, 0xbf };
+    size_t i = 0;
+    while (s->bom < 3 && i < n && (unsigned char)p[i] == bom[s->bom]) {
+        s->bom++;
+        i++;
+    }
+    if (i < n || s->bom == 3)
+        s->bom = 4;
+    s->offset += i;
+    return i;
+}
+
 loom_err ing_split_feed(struct ing_splitter *s, const char *p, size_t n, ing_record_fn fn,
                         void *arg, struct loom_error *err)
 {
+    if (s->bom < 4) {
+        size_t skip = skip_bom(s, p, n);
+        p += skip;
+        n -= skip;
+    }
     if (s->ndjson)
         return feed_ndjson(s, p, n, fn, arg);
     for (size_t i = 0; i < n; i++, s->offset++) {

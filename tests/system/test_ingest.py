@@ -285,6 +285,25 @@ def test_ndjson_malformed_lines_are_rejected_alone(ingest):
     assert body["rejected"][0]["errors"][0].startswith("malformed JSON")
 
 
+def test_a_utf8_byte_order_mark_is_skipped(ingest, tmp_path):
+    # RFC 8259 8.1: a parser may ignore a leading BOM, and files saved by Windows tools have one.
+    ing = ingest()
+    assert ing.put("transactions", CONTRACT).status_code == 201
+    bom = b"\xef\xbb\xbf"
+    r = ing.post("transactions", bom + json.dumps(records(2)).encode())
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+    nd = b"".join(json.dumps(x).encode() + b"\n" for x in records(2, start=10))
+    r = ing.post("transactions", bom + nd, ctype="application/x-ndjson")
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+    r = ing.post("transactions", bom + bom + b"[]")  # only one, at the very start
+    assert r.status_code == 400, r.text
+    f = tmp_path / "bom.json"
+    f.write_bytes(bom + json.dumps(records(3, start=20), indent=1).encode())
+    r = run_loom("ingest", "transactions", str(f), "--url", ing.base, "--quiet")
+    assert r.returncode == 0 and "accepted 3 of 3" in r.stdout, r.stdout + r.stderr
+    assert len(ing.events()) == 7
+
+
 def test_broken_array_is_400_and_says_what_was_accepted(ingest):
     ing = ingest()
     assert ing.put("transactions", CONTRACT).status_code == 201
