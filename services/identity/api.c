@@ -26,6 +26,8 @@
 #include <string.h>
 
 #define TOKEN_BODY_MAX  4096
+#define TOKEN_BODY_DROP (64 * 1024) /* a larger token body is read and dropped up to this */
+#define ROUTE_BODY_ANY  ((size_t)1 << 40)
 #define CLIENT_BODY_MAX 16384
 #define PAGE_DEFAULT    50
 #define PAGE_MAX        500
@@ -597,7 +599,7 @@ static const char *parse_form(struct loom_http_req *req, struct loom_str vals[F_
     return NULL;
 }
 
-static void h_token(struct loom_http_req *req)
+static void token_request(struct loom_http_req *req)
 {
     struct idn_service *idn = req->ctx;
     struct loom_str ctype = loom_http_req_header(req, "content-type"), mt;
@@ -684,6 +686,63 @@ static void h_token(struct loom_http_req *req)
         return;
     }
     op_submit(op);
+}
+
+/* The token endpoint reads its own body so that one over TOKEN_BODY_MAX gets an RFC 6749
+ * section 5.2 error like every other refusal there, not the server's problem document: a body
+ * up to TOKEN_BODY_DROP is read and dropped (the connection is kept), a larger one is answered
+ * at once and the connection closed. */
+struct token_body {
+    char buf[TOKEN_BODY_MAX];
+    size_t len;
+    uint64_t seen;
+};
+
+static loom_err token_data(struct loom_http_req *req, struct loom_str chunk, void *arg)
+{
+    LOOM_UNUSED(req);
+    struct token_body *b = arg;
+    b->seen += chunk.len;
+    if (b->seen > TOKEN_BODY_DROP)
+        return LOOM_ETOOBIG;
+    if (b->seen <= TOKEN_BODY_MAX) {
+        memcpy(b->buf + b->len, chunk.ptr, chunk.len);
+        b->len += chunk.len;
+    }
+    return LOOM_OK;
+}
+
+static void token_too_big(struct loom_http_req *req)
+{
+    _Static_assert(TOKEN_BODY_MAX == 4096, "the message says 4096");
+    oauth_error(req, 413, "invalid_request", "the request body is over 4096 bytes");
+}
+
+static void token_end(struct loom_http_req *req, loom_err status, void *arg)
+{
+    struct token_body *b = arg;
+    if (status == LOOM_ETOOBIG || (status == LOOM_OK && b->seen > TOKEN_BODY_MAX)) {
+        token_too_big(req);
+        return;
+    }
+    if (status) {
+        oauth_error(req, 400, "invalid_request", "the request body is malformed");
+        return;
+    }
+    req->body = loom_str_make(b->buf, b->len);
+    token_request(req);
+}
+
+static void h_token(struct loom_http_req *req)
+{
+    struct loom_str cl = loom_http_req_header(req, "content-length");
+    uint64_t n;
+    if (cl.len && loom_str_to_u64(cl, &n) == LOOM_OK && n > TOKEN_BODY_DROP) {
+        token_too_big(req);
+        return;
+    }
+    struct token_body *b = loom_arena_new(req->arena, struct token_body);
+    loom_http_req_read_body(req, token_data, token_end, b);
 }
 
 /* ---- discovery ---- */
@@ -1157,7 +1216,7 @@ static void h_rotate(struct loom_http_req *req)
 }
 
 const struct loom_route idn_routes[IDN_NROUTES] = {
-    { LOOM_HTTP_POST, "/oauth/token", h_token, TOKEN_BODY_MAX, 0 },
+    { LOOM_HTTP_POST, "/oauth/token", h_token, ROUTE_BODY_ANY, LOOM_ROUTE_STREAM },
     { LOOM_HTTP_GET, "/.well-known/jwks.json", h_jwks, 0, 0 },
     { LOOM_HTTP_GET, "/.well-known/oauth-authorization-server", h_metadata, 0, 0 },
     { LOOM_HTTP_POST, "/api/v1/clients", h_create, CLIENT_BODY_MAX, 0 },
