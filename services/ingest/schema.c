@@ -721,7 +721,7 @@ loom_err ing_schema_list(struct loom_store *store, struct loom_str cursor, size_
     struct loom_json_writer w;
     loom_json_writer_init(&w, out);
     loom_json_write_object_begin(&w);
-    loom_json_write_key(&w, "streams");
+    loom_json_write_key(&w, "items");
     loom_json_write_array_begin(&w);
     struct list_ctx c = { .w = &w, .limit = limit, .err = err };
     struct loom_sql_value p[] = { LOOM_SQL_TEXT_V(cursor), LOOM_SQL_INT_V(limit + 1) };

@@ -137,7 +137,7 @@ def test_declare_read_replace_list(ingest):
     while True:
         q = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
         page = ing.get("/api/v1/streams" + q).json()
-        names += [s["name"] for s in page["streams"]]
+        names += [s["name"] for s in page["items"]]
         cursor = page["next_cursor"]
         if not cursor:
             break
