@@ -327,10 +327,25 @@ struct client_tx {
     int64_t now;
 };
 
+static loom_err collect_id(const struct loom_sql_row *row, void *arg)
+{
+    return col_text(row, "id", arg, IDN_ID_MAX + 1) ? LOOM_OK : LOOM_EINTERNAL;
+}
+
 static loom_err insert_tx(struct loom_db *db, void *arg, struct loom_error *err)
 {
     struct client_tx *t = arg;
     const struct idn_client *c = t->in;
+    /* A taken name is looked up first, so that the refusal names the client that has it (after
+     * a failed INSERT, PostgreSQL would not run another statement in this transaction). */
+    char taken[IDN_ID_MAX + 1] = "";
+    struct loom_sql_value n[] = { LOOM_SQL_CSTR_V(c->name) };
+    loom_err e = loom_db_exec(db, "SELECT id FROM identity_clients WHERE name = $1", n, 1,
+                              collect_id, taken, NULL, err);
+    if (e)
+        return bad_row(e, err);
+    if (taken[0])
+        return loom_error_set(err, LOOM_EEXIST, "a client named \"%s\" exists: %s", c->name, taken);
     struct loom_buf scopes;
     loom_buf_init(&scopes, 0);
     idn_scopes_format(c->scopes, &scopes);
@@ -347,15 +362,14 @@ static loom_err insert_tx(struct loom_db *db, void *arg, struct loom_error *err)
         LOOM_SQL_INT_V(c->secret_rotated_ms),
         LOOM_SQL_CSTR_V(t->hash),
     };
-    loom_err e = loom_db_exec(db,
-                              "INSERT INTO identity_clients (id, name, scopes, admin, rps, burst, "
-                              "disabled, created_ms, updated_ms, secret_rotated_ms, secret_hash) "
-                              "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                              p, LOOM_ARRAY_SIZE(p), NULL, NULL, NULL, err);
+    e = loom_db_exec(db,
+                     "INSERT INTO identity_clients (id, name, scopes, admin, rps, burst, "
+                     "disabled, created_ms, updated_ms, secret_rotated_ms, secret_hash) "
+                     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                     p, LOOM_ARRAY_SIZE(p), NULL, NULL, NULL, err);
     loom_buf_release(&scopes);
-    if (e == LOOM_ECONFLICT)
-        return loom_error_set(err, LOOM_EEXIST, "a client named \"%s\" (or with id %s) exists",
-                              c->name, c->id);
+    if (e == LOOM_ECONFLICT) /* another request took the name since the look-up */
+        return loom_error_set(err, LOOM_EEXIST, "a client named \"%s\" exists", c->name);
     return e;
 }
 

@@ -832,6 +832,9 @@ def test_clients_crud(identity):
     assert_problem(r, 415)
     r = srv.api("POST", "/api/v1/clients", admin, json={"name": "fraud-api", "scopes": []})
     assert_problem(r, 409)
+    # the refusal names the client that has the name, and no other id
+    ids = set(re.findall(r"cl_[a-z0-9]+", r.json()["detail"]))
+    assert ids == {c["id"]}, (r.json()["detail"], c["id"])
     # patch
     r = srv.api("PATCH", f"/api/v1/clients/{c['id']}", admin,
                 json={"scopes": ["train"], "quota": {"burst": 5}})
