@@ -10,11 +10,14 @@
  */
 #include "store_backend.h"
 
+#include <fcntl.h>
 #include <limits.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct sqlite_db {
     struct loom_db base; /* first: lib/store.c sees only this */
@@ -60,11 +63,26 @@ static loom_err fail(sqlite3 *h, int rc, const char *sql, struct loom_error *err
                           loom__store_sql_head(sql, head, sizeof(head)));
 }
 
+/* A new database file is created 0600 before SQLite opens it: a store holds what its service
+ * keeps to itself (identity's signing keys and secret hashes, say), and SQLite would create it
+ * with the umask's mode (0644 under umask 022). SQLite gives the -wal and -shm files the mode
+ * of the database file. An existing file keeps its mode. */
+static void create_private(const char *path)
+{
+    if (strcmp(path, ":memory:") == 0 || strncmp(path, "file:", 5) == 0)
+        return;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        close(fd);
+    /* EEXIST: someone created it first; anything else: sqlite3_open_v2 says what is wrong. */
+}
+
 static loom_err sqlite_open(const struct loom__store_conf *conf, struct loom_db **out,
                             struct loom_error *err)
 {
     sqlite3 *h = NULL;
     loom_err lrc;
+    create_private(conf->target);
     /* NOMUTEX: the pool hands a connection to one thread at a time. EXRESCODE: extended codes
      * everywhere, to tell a unique violation from a NOT NULL one. */
     int flags =

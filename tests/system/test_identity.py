@@ -385,6 +385,16 @@ def test_bootstrap_admin_random_secret(identity):
     srv.token("admin", secret)
 
 
+def test_database_files_are_private(identity_sqlite):
+    # identity.db holds the private signing keys and the secret hashes: 0600 from the start,
+    # and SQLite gives its -wal and -shm files the same mode
+    srv = identity_sqlite()
+    srv.token("admin", srv.bootstrap_secret())
+    base = os.path.join(srv.data_dir, "identity.db")
+    for path in (base, base + "-wal", base + "-shm"):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+
+
 def test_bootstrap_admin_given_secret(identity):
     secret = "correct-horse-battery-staple-42"
     srv = identity(f"--identity.bootstrap-secret={secret}")

@@ -19,6 +19,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -761,6 +762,35 @@ static void test_sqlite_setup(void)
     loom_store_close(s);
 }
 
+/* A new database file, and the WAL files beside it, are the owner's alone (they hold keys and
+ * secret hashes), whatever the umask. */
+static const char *sqlite_dir; /* main's temporary directory */
+
+static void test_sqlite_file_mode(void)
+{
+    const char *dir = sqlite_dir;
+    char url[300], path[256], wal[300];
+    snprintf(path, sizeof(path), "%s/private.db", dir);
+    snprintf(url, sizeof(url), "sqlite:%s", path);
+    snprintf(wal, sizeof(wal), "%s-wal", path);
+    mode_t old = umask(022);
+    struct loom_store *s;
+    struct loom_error e = { 0 };
+    CHECK_INT(loom_store_open(url, NULL, &s, &e), LOOM_OK);
+    struct loom_db *db;
+    CHECK_INT(loom_store_acquire(s, &db, &e), LOOM_OK);
+    CHECK_INT(loom_db_exec_script(db, "CREATE TABLE k (x TEXT); INSERT INTO k VALUES ('key')", &e),
+              LOOM_OK);
+    struct stat st;
+    CHECK_INT(stat(path, &st), 0);
+    CHECK_INT(st.st_mode & 0777, 0600);
+    CHECK_INT(stat(wal, &st), 0);
+    CHECK_INT(st.st_mode & 0777, 0600);
+    loom_store_release(s, db);
+    loom_store_close(s);
+    umask(old);
+}
+
 /* ---- URLs and messages ---- */
 
 static void test_bad_urls(void)
@@ -1128,6 +1158,8 @@ int main(void)
     snprintf(cur.url, sizeof(cur.url), "sqlite:%s/loom.db", dir);
     run_suite();
     RUN(test_sqlite_setup);
+    sqlite_dir = dir;
+    RUN(test_sqlite_file_mode);
     char rm[64];
     snprintf(rm, sizeof(rm), "rm -rf %s", dir);
     if (system(rm) != 0)
