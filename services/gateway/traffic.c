@@ -595,6 +595,18 @@ struct write_op {
     struct gw_snapshot *s;
 };
 
+/* Insert or replace one row (a PUT): *created says whether the row is new (201 + Location). */
+static loom_err upsert(struct loom_db *db, const char *exists_sql, const char *upsert_sql,
+                       const struct loom_sql_value p[3], bool *created, struct loom_error *err)
+{
+    int64_t found = 0;
+    loom_err e = loom_db_exec(db, exists_sql, p, 1, row_rev, &found, NULL, err);
+    if (e)
+        return e;
+    *created = !found;
+    return loom_db_exec(db, upsert_sql, p, 3, NULL, NULL, NULL, err);
+}
+
 static loom_err write_tx(struct loom_db *db, void *arg, struct loom_error *err)
 {
     struct write_op *op = arg;
@@ -606,11 +618,10 @@ static loom_err write_tx(struct loom_db *db, void *arg, struct loom_error *err)
     op->created = false;
     switch (op->kind) {
     case OP_TRAFFIC_PUT:
-        e = loom_db_exec(db,
-                         "INSERT INTO gateway_traffic (model, splits, updated_ms) VALUES ($1, "
-                         "$2, $3) ON CONFLICT (model) DO UPDATE SET splits = $2, updated_ms "
-                         "= $3",
-                         p, 3, NULL, NULL, &changes, err);
+        e = upsert(db, "SELECT 1 FROM gateway_traffic WHERE model = $1",
+                   "INSERT INTO gateway_traffic (model, splits, updated_ms) VALUES ($1, $2, $3) "
+                   "ON CONFLICT (model) DO UPDATE SET splits = $2, updated_ms = $3",
+                   p, &op->created, err);
         break;
     case OP_TRAFFIC_DELETE:
         e = loom_db_exec(db, "DELETE FROM gateway_traffic WHERE model = $1", p, 1, NULL, NULL,
@@ -627,18 +638,12 @@ static loom_err write_tx(struct loom_db *db, void *arg, struct loom_error *err)
             return loom_error_set(err, LOOM_EEXIST, "a flag with this name exists");
         op->created = true;
         break;
-    case OP_FLAG_PUT: {
-        int64_t found = 0;
-        e = loom_db_exec(db, "SELECT 1 FROM gateway_flags WHERE name = $1", p, 1, row_rev, &found,
-                         NULL, err);
-        op->created = !e && !found;
-        e = e ? e
-              : loom_db_exec(db,
-                             "INSERT INTO gateway_flags (name, doc, updated_ms) VALUES ($1, $2, "
-                             "$3) ON CONFLICT (name) DO UPDATE SET doc = $2, updated_ms = $3",
-                             p, 3, NULL, NULL, &changes, err);
+    case OP_FLAG_PUT:
+        e = upsert(db, "SELECT 1 FROM gateway_flags WHERE name = $1",
+                   "INSERT INTO gateway_flags (name, doc, updated_ms) VALUES ($1, $2, $3) "
+                   "ON CONFLICT (name) DO UPDATE SET doc = $2, updated_ms = $3",
+                   p, &op->created, err);
         break;
-    }
     case OP_FLAG_DELETE:
         e = loom_db_exec(db, "DELETE FROM gateway_flags WHERE name = $1", p, 1, NULL, NULL,
                          &changes, err);
@@ -697,6 +702,9 @@ static void write_done(struct loom_work *w, loom_err status)
             write_traffic(&jw, t);
         else
             loom_json_write_null(&jw);
+        code = op->created ? 201 : 200;
+        if (op->created)
+            loom_http_resp_headerf(g->req, "Location", "/api/v1/traffic/%s", op->name);
         break;
     }
     case OP_FLAG_CREATE:

@@ -926,9 +926,15 @@ def infer_versions(g, n, headers=None, scope="infer", threads=8):
 
 def test_traffic_splits(gw, gateways, backends):
     gw.token("infer")
-    r = gw.req("PUT", f"/api/v1/traffic/{MODEL}",
-               json={"splits": [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]})
-    assert r.status_code == 200, r.text
+    # a PUT that creates the split answers 201 with its Location, one that replaces it 200
+    assert gw.req("GET", f"/api/v1/traffic/{MODEL}").status_code == 404
+    body = {"splits": [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]}
+    r = gw.req("PUT", f"/api/v1/traffic/{MODEL}", json=body)
+    assert r.status_code == 201, r.text
+    assert r.headers["Location"] == f"/api/v1/traffic/{MODEL}"
+    assert gw.req("GET", r.headers["Location"]).json() == r.json()
+    r = gw.req("PUT", f"/api/v1/traffic/{MODEL}", json=body)
+    assert r.status_code == 200 and "Location" not in r.headers, r.headers
     assert r.json()["splits"] == [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]
     out = infer_versions(gw, 2000)
     assert all(s == 200 for s, _ in out), [s for s, _ in out if s != 200][:5]
@@ -1015,7 +1021,7 @@ def test_splits_and_flags_shared_on_postgres(gateways, request):
     b = gateways(f"--gateway.store={url}")
     b.tokens = a.tokens
     r = a.req("PUT", f"/api/v1/traffic/{MODEL}", json={"splits": [{"version": 2, "weight": 1}]})
-    assert r.status_code == 200, r.text
+    assert r.status_code == 201, r.text
     r = b.req("POST", "/api/v1/flags", json={"name": "pg-flag", "percentage": 30})
     assert r.status_code == 201, r.text
     deadline = time.monotonic() + 5 * SLOW
