@@ -1003,6 +1003,10 @@ loom_err loom_jwt_sign(const struct loom_jwk *key, const struct loom_jwt_claims 
         loom_json_write_str(&w, c->client_id);
         loom_json_write_key(&w, "scope");
         loom_json_write_str(&w, c->scope);
+        if (c->private_name.len) {
+            loom_json_write_keyn(&w, c->private_name);
+            loom_json_write_raw(&w, c->private_json);
+        }
         loom_json_write_object_end(&w);
         e = loom_json_writer_finish(&w);
     }

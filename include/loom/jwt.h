@@ -171,14 +171,19 @@ struct loom_jwt_claims {
     int64_t nbf, iat;        /* 0 when absent (verify) */
     struct loom_str kid;     /* verify: the kid of the key that verified */
     struct loom_str payload; /* verify: the decoded JSON payload, for other claims */
+    /* sign: one private claim written after the others, its name and its JSON value (written
+     * as it is: the caller makes it valid JSON); an empty name for none. Unused by verify,
+     * which leaves private claims in `payload`. */
+    struct loom_str private_name, private_json;
 };
 
 /*
  * Sign `claims` with `key` (which must be private) into a compact JWS appended to `out`: header
  * {"alg":<the key's>,"typ":"at+jwt","kid":<the key's>}, payload {"iss","sub","aud","exp","nbf",
- * "iat","jti","client_id","scope"}, base64url without padding. ES256 signatures are 64 bytes
- * r||s with a low s. LOOM_EINVAL for a public key or a missing claim, LOOM_ETOOBIG if the token
- * would pass LOOM_JWT_MAX_LEN or out's ceiling, LOOM_EINTERNAL if OpenSSL fails.
+ * "iat","jti","client_id","scope"} and the private claim if any, base64url without padding. ES256
+ * signatures are 64 bytes r||s with a low s. LOOM_EINVAL for a public key or a missing claim,
+ * LOOM_ETOOBIG if the token would pass LOOM_JWT_MAX_LEN or out's ceiling, LOOM_EINTERNAL if OpenSSL
+ * fails.
  */
 loom_err loom_jwt_sign(const struct loom_jwk *key, const struct loom_jwt_claims *claims,
                        struct loom_buf *out, struct loom_error *err);

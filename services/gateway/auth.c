@@ -285,6 +285,26 @@ static void count_failure(struct gw_service *gw, const char *reason)
     loom_counter_inc(loom_counter_get(gw->f_auth_fail, labels));
 }
 
+/* The client's quota from the token's private claim: {"rps": N > 0, "burst": B >= 1}. A token
+ * without it, or with one out of those bounds, gets the gateway's default limit. The signature
+ * verified, so the claim is identity's word. */
+static bool quota_claim(struct loom_arena *arena, struct loom_str payload, struct loom_rate *out)
+{
+    struct loom_json_doc d;
+    struct loom_json_limits lim = { .max_depth = 16 };
+    if (loom_json_parse(payload.ptr, payload.len, &lim, arena, &d, NULL))
+        return false;
+    int q = loom_json_obj_get(&d, 0, GW_QUOTA_CLAIM);
+    int rps = q >= 0 ? loom_json_obj_get(&d, q, "rps") : -1;
+    int burst = q >= 0 ? loom_json_obj_get(&d, q, "burst") : -1;
+    double r, b;
+    if (rps < 0 || burst < 0 || loom_json_to_double(&d, rps, &r) ||
+        loom_json_to_double(&d, burst, &b) || !(r > 0 && r <= 1e9) || !(b >= 1 && b <= 1e9))
+        return false;
+    *out = (struct loom_rate){ .per_sec = r, .burst = b };
+    return true;
+}
+
 enum gw_auth_result gw_authenticate(struct gw_loop *gl, struct loom_http_req *req,
                                     struct gw_principal *out, const char **why, bool may_wait)
 {
@@ -356,6 +376,7 @@ enum gw_auth_result gw_authenticate(struct gw_loop *gl, struct loom_http_req *re
     out->client_id[claims.client_id.len] = '\0';
     out->scopes = gw_scopes_parse(claims.scope);
     out->exp = claims.exp;
+    out->has_quota = quota_claim(req->arena, claims.payload, &out->quota);
     tc_put(gl->tokens, hash, tok, out, now);
     return GW_AUTH_OK;
 }

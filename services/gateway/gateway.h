@@ -169,7 +169,12 @@ struct gw_principal {
     char client_id[65];
     unsigned scopes;
     int64_t exp;
+    bool has_quota;
+    struct loom_rate quota; /* the client's own rate limit, from the token's loom_quota */
 };
+
+/* The private claim in which identity puts the client's quota: {"rps": N, "burst": B}. */
+#define GW_QUOTA_CLAIM "loom_quota"
 
 enum gw_auth_result {
     GW_AUTH_OK,

@@ -4,9 +4,11 @@
  * client's limit (--gateway.rate-limit, or the client's own line in
  * --gateway.client-rate-limits) and, when its route class has one in
  * --gateway.route-rate-limits, against that too (a bucket per client and class); public
- * routes count against the client's address (--gateway.anonymous-rate-limit). Quotas are the
- * gateway's settings rather than identity's per-client quota fields: the token does not carry
- * them, and fetching them would need an admin credential at the edge and a call on the hot path.
+ * routes count against the client's address (--gateway.anonymous-rate-limit). A client's rate
+ * is identity's per-client quota, which identity writes into every access token it issues (the
+ * private claim loom_quota, read once per token by auth.c), so the edge needs no call to
+ * identity; a line of --gateway.client-rate-limits overrides it, and --gateway.rate-limit is
+ * for tokens without the claim.
  *
  * The TATs live in memory, or on Redis (--gateway.ratelimit=redis://...) so that replicas
  * share them; a Redis that is down or slow (250 ms) makes the gateway fall back to its own
@@ -124,8 +126,11 @@ void gw_limits_release(struct gw_service *gw)
     gw->limits = NULL;
 }
 
-static struct loom_rate client_rate(const struct gw_limits *l, const char *id)
+/* The client's rate: its line in --gateway.client-rate-limits (the operator's override at this
+ * gateway), else the quota its token carries (identity's per-client quota), else the default. */
+static struct loom_rate client_rate(const struct gw_limits *l, const struct gw_principal *who)
 {
+    const char *id = who->client_id;
     size_t lo = 0, hi = l->nclients;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
@@ -137,7 +142,7 @@ static struct loom_rate client_rate(const struct gw_limits *l, const char *id)
         else
             lo = mid + 1;
     }
-    return l->def;
+    return who->has_quota ? who->quota : l->def;
 }
 
 /* The limits of a request, with their keys written into `keys`. */
@@ -155,7 +160,7 @@ static void make_plan(struct gw_req *g, struct plan *p)
     if (g->authed) {
         int k = snprintf(p->keys[0], sizeof(p->keys[0]), "c:%s", g->who.client_id);
         p->lim[0] = (struct loom_ratelimit_limit){ loom_str_make(p->keys[0], (size_t)k),
-                                                   client_rate(l, g->who.client_id) };
+                                                   client_rate(l, &g->who) };
         p->policy[0] = "client";
         p->n = 1;
         for (size_t i = 0; i < l->nclasses; i++) {

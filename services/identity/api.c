@@ -433,6 +433,19 @@ static void token_work(struct idn_op *op)
     loom_uuid7(jti);
     int64_t now = loom_wall_ns() / (int64_t)LOOM_NS_PER_SEC;
     int64_t ttl = (int64_t)(idn->conf->token_ttl / LOOM_NS_PER_SEC);
+    /* The client's quota travels in the token, so that the gateway enforces it without asking
+     * identity: a change applies to the tokens issued after it. */
+    struct loom_buf quota;
+    loom_buf_init(&quota, 0);
+    struct loom_json_writer qw;
+    loom_json_writer_init(&qw, &quota);
+    loom_json_write_object_begin(&qw);
+    loom_json_write_key(&qw, "rps");
+    loom_json_write_double(&qw, c.quota.requests_per_second);
+    loom_json_write_key(&qw, "burst");
+    loom_json_write_i64(&qw, c.quota.burst);
+    loom_json_write_object_end(&qw);
+    loom_json_writer_finish(&qw);
     struct loom_jwt_claims claims = {
         .iss = loom_str_cstr(idn->conf->issuer),
         .sub = loom_str_cstr(c.id),
@@ -443,11 +456,14 @@ static void token_work(struct idn_op *op)
         .exp = now + ttl,
         .nbf = now,
         .iat = now,
+        .private_name = LOOM_STR(IDN_QUOTA_CLAIM),
+        .private_json = loom_buf_str(&quota),
     };
     struct idn_keyring *ring = idn_keys_current(idn);
     struct loom_buf token;
     loom_buf_init(&token, LOOM_JWT_MAX_LEN + 1);
     e = loom_jwt_sign(ring->signer, &claims, &token, &err);
+    loom_buf_release(&quota);
     if (e) {
         idn_keyring_unref(ring);
         loom_buf_release(&scope);

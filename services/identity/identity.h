@@ -114,6 +114,10 @@ extern const size_t idn_nmigrations;
 #define IDN_NAME_MAX   64
 #define IDN_SECRET_LEN 47 /* "lsk_" + 43 base64url characters (32 random bytes) */
 
+/* The private claim of an access token that carries its client's quota, for the gateway:
+ * "loom_quota": {"rps": requests_per_second, "burst": burst}. */
+#define IDN_QUOTA_CLAIM "loom_quota"
+
 struct idn_quota {
     double requests_per_second; /* > 0 */
     int64_t burst;              /* >= 1 */

@@ -369,7 +369,9 @@ def echo():
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, backends, echo):
-    g = Gateway(tmp_path_factory.mktemp("gw"), backends, "--gateway.rate-limit=100000/s:100000",
+    # the admin's own quota (identity's default, 50/s:100) would throttle the bursts here
+    g = Gateway(tmp_path_factory.mktemp("gw"), backends,
+                "--gateway.client-rate-limits=admin=100000/s:100000",
                 ingest=echo.addr).start()
     yield g
     g.stop()
@@ -729,7 +731,8 @@ def parse_ratelimit(r):
 
 
 def test_rate_limits(gateways):
-    g = gateways("--gateway.rate-limit=1/s:5", "--gateway.route-rate-limits=infer=1/m:2")
+    g = gateways("--gateway.client-rate-limits=admin=1/s:5",
+                 "--gateway.route-rate-limits=infer=1/m:2")
     g.token("ingest")
     g.token("infer")
     seen = []
@@ -744,7 +747,8 @@ def test_rate_limits(gateways):
             assert rem == 0
     assert seen[:5] == [200] * 5 and 429 in seen[5:], seen
     # another client is not affected; the route override applies to infer
-    g2 = gateways("--gateway.rate-limit=1000/s:1000", "--gateway.route-rate-limits=infer=1/m:2")
+    g2 = gateways("--gateway.client-rate-limits=admin=1000/s:1000",
+                  "--gateway.route-rate-limits=infer=1/m:2")
     codes = [g2.req("POST", f"/v2/models/{MODEL}/infer", scope="infer",
                     json=infer_body()).status_code for _ in range(4)]
     assert codes[:2] == [200, 200] and codes[2:] == [429, 429], codes
@@ -756,12 +760,45 @@ def test_rate_limits(gateways):
     assert (g2.metric("gateway", "loom_gateway_rate_limited_total") or 0) >= 3
 
 
+def test_client_quota_from_identity(gateways):
+    """A client's quota (identity's POST/PATCH /api/v1/clients) is its limit at the gateway: the
+    token carries it; --gateway.client-rate-limits overrides it."""
+    g = gateways("--gateway.rate-limit=200/s:200")
+    name = "scorer-" + os.urandom(3).hex()
+    r = g.req("POST", "/api/v1/clients", json={"name": name, "scopes": ["infer", "models:read"],
+                                               "quota": {"requests_per_second": 2, "burst": 3}})
+    assert r.status_code == 201, r.text
+    cid, secret = r.json()["id"], r.json()["secret"]
+    codes = []
+    for _ in range(12):
+        r = g.req("GET", f"/v2/models/{MODEL}", scope=None,
+                  headers=g.auth("infer", client=(cid, secret)))
+        codes.append(r.status_code)
+        name_, q, w, rem, t = parse_ratelimit(r)
+        assert (name_, q, w) == ("client", 3, 2), r.headers  # 3 at 2/s: whole again in 2 s
+    assert codes[:3] == [200] * 3 and set(codes[3:]) == {429}, codes
+    # a changed quota applies to the tokens issued after the change
+    r = g.req("PATCH", f"/api/v1/clients/{cid}", json={"quota": {"requests_per_second": 50,
+                                                                  "burst": 40}})
+    assert r.status_code == 200, r.text
+    g.tokens.pop(("infer", cid))
+    r = g.req("GET", f"/v2/models/{MODEL}", scope=None,
+              headers=g.auth("infer", client=(cid, secret)))
+    assert parse_ratelimit(r)[:3] == ("client", 40, 1), r.headers
+    # the operator's line for the client wins over its quota
+    g2 = gateways(f"--gateway.client-rate-limits={cid}=1000/s:700")
+    g2.tokens = g.tokens
+    r = g2.req("GET", f"/v2/models/{MODEL}", scope=None,
+               headers=g2.auth("infer", client=(cid, secret)))
+    assert r.status_code == 200 and parse_ratelimit(r)[:3] == ("client", 700, 1), r.headers
+
+
 def test_rate_limits_shared_on_redis(tmp_path, gateways):
     redis, port = start_redis(tmp_path)
     try:
         url = f"--gateway.ratelimit=redis://127.0.0.1:{port}"
-        a = gateways(url, "--gateway.rate-limit=1/h:10")
-        b = gateways(url, "--gateway.rate-limit=1/h:10")
+        a = gateways(url, "--gateway.client-rate-limits=admin=1/h:10")
+        b = gateways(url, "--gateway.client-rate-limits=admin=1/h:10")
         tok = a.token("ingest")
         b.tokens[("ingest", "admin")] = tok
         codes = []
@@ -776,8 +813,8 @@ def test_rate_limits_shared_on_redis(tmp_path, gateways):
             s.sendall(b"FLUSHALL\r\n")
             assert s.recv(64).startswith(b"+OK")
         key = {"Idempotency-Key": "shared-" + os.urandom(6).hex()}
-        c = gateways(url, "--gateway.rate-limit=1000/s:1000")
-        d = gateways(url, "--gateway.rate-limit=1000/s:1000")
+        c = gateways(url, "--gateway.client-rate-limits=admin=1000/s:1000")
+        d = gateways(url, "--gateway.client-rate-limits=admin=1000/s:1000")
         d.tokens[("ingest", "admin")] = c.token("ingest")
         r1 = c.req("POST", "/api/v1/streams/s/events", scope="ingest", data=b"{}", headers=key)
         r2 = d.req("POST", "/api/v1/streams/s/events", scope="ingest", data=b"{}", headers=key)
@@ -796,7 +833,7 @@ def test_rate_limits_shared_on_redis(tmp_path, gateways):
 
 
 def test_concurrency_shedding(gateways):
-    g = gateways("--gateway.max-in-flight=4", "--gateway.rate-limit=1000/s:1000")
+    g = gateways("--gateway.max-in-flight=4", "--gateway.client-rate-limits=admin=1000/s:1000")
     g.token("ingest")
 
     def one(i):

@@ -39,7 +39,8 @@ def test_kill_one_replica_under_load(tmp_path):
     c = inference(tmp_path, repo, "inf-b")
     addr_a = f"127.0.0.1:{a.ports['inference']}"
     addr_c = f"127.0.0.1:{c.ports['inference']}"
-    g = Gateway(tmp_path, b, "--gateway.threads=2", "--gateway.rate-limit=1000000/s:1000000",
+    g = Gateway(tmp_path, b, "--gateway.threads=2",
+                "--gateway.client-rate-limits=admin=1000000/s:1000000",
                 "--gateway.max-ejection-time=2s", inference=f"{addr_a},{addr_c}").start()
     procs = [b.proc, c, g]
     try:

@@ -66,7 +66,8 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sec")
     b = Backends(tmp).start()
     echo = EchoUpstream()
-    g = Gateway(tmp, b, "--gateway.rate-limit=100000/s:100000", "--gateway.leeway=30s",
+    g = Gateway(tmp, b, "--gateway.client-rate-limits=admin=100000/s:100000",
+                "--gateway.leeway=30s",
                 "--gateway.anonymous-rate-limit=100000/s:100000",
                 "--gateway.jwks-refresh=1h", "--gateway.jwks-min-refresh=5s",
                 ingest=echo.addr).start()
@@ -232,6 +233,20 @@ def test_forged_tokens_are_refused(env):
             assert tok[:40] not in r.text or not tok  # the token is never echoed
     assert not accepted, accepted
     print(f"\n{len(tokens)} forged or broken tokens, all refused with 401 on two routes")
+
+
+def test_quota_claim(env):
+    # the rate of a client is the loom_quota its (verified) token carries; a token without it,
+    # or with one out of bounds, gets --gateway.rate-limit (100/s:200 here)
+    g, kid, key = env["gw"], env["kid"], env["key"]
+    real = lambda d: es256_raw(key, d)
+    for quota, q in (({"rps": 2, "burst": 3}, 3), (None, 200), ({"rps": 0, "burst": 3}, 200),
+                     ({"rps": 2}, 200), ("3/s", 200), ({"rps": 5, "burst": 0.5}, 200)):
+        cid = "quota-" + uuid.uuid4().hex[:8]
+        tok = jws(header(kid), claims(client_id=cid, sub=cid, loom_quota=quota), real)
+        r = get_models(g, tok)
+        assert r.status_code == 200, r.text
+        assert r.headers["RateLimit-Policy"].startswith(f'"client";q={q};'), (quota, r.headers)
 
 
 def test_other_schemes_and_missing_credentials(env):

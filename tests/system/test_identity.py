@@ -453,6 +453,7 @@ def test_tokens_basic_and_body_credentials(identity):
         assert claims["iss"] == ISSUER and claims["aud"] == "loom"
         assert claims["sub"] == c["id"] and claims["client_id"] == c["id"]
         assert claims["scope"] == "models:read infer"
+        assert claims["loom_quota"] == {"rps": 50, "burst": 100}, claims  # the default quota
         assert claims["exp"] - claims["iat"] == 300 and claims["nbf"] == claims["iat"]
         assert abs(claims["iat"] - t0) <= 2
         assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",

@@ -572,6 +572,8 @@ static void test_sign_verify(void)
             .exp = NOW + 600,
             .nbf = NOW,
             .iat = NOW,
+            .private_name = LOOM_STR("loom_quota"),
+            .private_json = LOOM_STR("{\"rps\":2.5,\"burst\":3}"),
         };
         struct loom_buf b;
         loom_buf_init(&b, 0);
@@ -608,6 +610,9 @@ static void test_sign_verify(void)
         CHECK_INT(c.iat, NOW);
         CHECK_SLICE(c.kid, i ? "rsa-1" : "ec-1");
         CHECK(c.payload.len > 0 && c.payload.ptr[0] == '{');
+        /* The private claim comes last, as it was given. */
+        CHECK(c.payload.len > 36 && memcmp(c.payload.ptr + c.payload.len - 36,
+                                           ",\"loom_quota\":{\"rps\":2.5,\"burst\":3}}", 36) == 0);
         CHECK(loom_jwt_scope_has(c.scope, LOOM_STR("infer")));
         CHECK(loom_jwt_scope_has(c.scope, LOOM_STR("models:read")));
         CHECK(!loom_jwt_scope_has(c.scope, LOOM_STR("models")));
