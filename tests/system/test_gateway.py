@@ -793,6 +793,20 @@ def test_client_quota_from_identity(gateways):
     assert r.status_code == 200 and parse_ratelimit(r)[:3] == ("client", 700, 1), r.headers
 
 
+def test_which_answers_carry_ratelimit_headers(gw):
+    # docs/gateway.md: the answers after the limit check carry them, refusals before it do not
+    after = [gw.req("GET", "/api/v1/models", scope="models:read"),
+             gw.req("GET", "/api/v1/models", scope="infer"),  # 403: the scope comes after
+             gw.req("GET", "/api/v1/flags/none")]  # the gateway's own 404
+    for r in after:
+        assert r.status_code in (200, 403, 404) and "RateLimit" in r.headers, (r, r.headers)
+    before = [gw.req("GET", "/api/v1/nowhere"), gw.req("DELETE", "/api/v1/models"),
+              gw.req("GET", "/api/v1/models", headers={"Loom-Deadline-Ms": "soon"}),
+              requests.options(gw.base + "/api/v1/models", timeout=10)]
+    for r in before:
+        assert r.status_code in (404, 405, 400, 204) and "RateLimit" not in r.headers, r.headers
+
+
 def test_rate_limits_shared_on_redis(tmp_path, gateways):
     redis, port = start_redis(tmp_path)
     try:
