@@ -285,6 +285,25 @@ void loom_http_respond(struct loom_http_req *req, int status, const char *conten
     finish_response(c, status);
 }
 
+void loom_http_respond_head(struct loom_http_req *req, int status, const char *content_type,
+                            uint64_t content_length)
+{
+    struct loom__http_conn *c = req->conn;
+    if (c->responded) {
+        loom_log_error("second response to %.*s %.*s ignored", LOOM_STR_FMT(req->method_name),
+                       LOOM_STR_FMT(req->path));
+        return;
+    }
+    if (!head_request(c)) {
+        loom_log_error("loom_http_respond_head for %.*s %.*s: answered without a body",
+                       LOOM_STR_FMT(req->method_name), LOOM_STR_FMT(req->path));
+        content_length = 0;
+    }
+    if (!c->closed)
+        write_head(c, status, content_type, (size_t)content_length);
+    finish_response(c, status);
+}
+
 void loom_http_respond_file(struct loom_http_req *req, int status, const char *content_type, int fd,
                             uint64_t offset, uint64_t len)
 {

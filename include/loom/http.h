@@ -179,6 +179,12 @@ void loom_http_respond(struct loom_http_req *req, int status, const char *conten
 void loom_http_respond_file(struct loom_http_req *req, int status, const char *content_type, int fd,
                             uint64_t offset, uint64_t len);
 
+/* Answer a HEAD request with the Content-Length its GET would have (RFC 9110 9.3.2), without
+ * the bytes: a proxy passing on an upstream's HEAD answer. For another method it is a
+ * programming error: the answer then has an empty body (Content-Length: 0). */
+void loom_http_respond_head(struct loom_http_req *req, int status, const char *content_type,
+                            uint64_t content_length);
+
 /* Respond with a body the server takes over and frees (no copy): for large bodies. */
 void loom_http_respond_buf(struct loom_http_req *req, int status, const char *content_type,
                            struct loom_buf *body);

@@ -26,7 +26,6 @@
 #include <loom/log.h>
 #include <loom/trace.h>
 
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -964,19 +963,16 @@ static void proxy(struct gw_req *g)
 }
 
 /* A HEAD answer carries the Content-Length the GET would have (RFC 9110 section 9.3.2): the
- * upstream's. The server writes Content-Length itself, from the body it is given, and sends
- * no body to a HEAD; its one call that takes a length without the bytes is the file answer,
- * so the length is given as that of /dev/null, which it closes without reading. */
+ * upstream's. */
 static void respond_head(struct gw_req *g, int status, const char *ctype, struct loom_str clen)
 {
     uint64_t n;
-    int fd = -1;
-    if (loom_str_to_u64(clen, &n) || (fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
+    if (loom_str_to_u64(clen, &n)) {
         gw_respond(g, status, ctype, LOOM_STR_NULL);
         return;
     }
     edge_headers(g);
-    loom_http_respond_file(g->req, status, ctype, fd, 0, n);
+    loom_http_respond_head(g->req, status, ctype, n);
     finish(g, status);
 }
 

@@ -174,6 +174,12 @@ static void h_file(struct loom_http_req *req)
                            tiny ? 100 : 300000);
 }
 
+/* A proxy's HEAD: the length of a body it does not have. */
+static void h_proxied_head(struct loom_http_req *req)
+{
+    loom_http_respond_head(req, 200, "application/json", 12345);
+}
+
 static const struct loom_route routes[] = {
     { LOOM_HTTP_GET, "/hello", h_hello, 0, 0 },
     { LOOM_HTTP_POST, "/echo", h_echo, 1000, 0 },
@@ -189,6 +195,7 @@ static const struct loom_route routes[] = {
     { LOOM_HTTP_DELETE, "/only-post", h_post_only, 0, 0 },
     { LOOM_HTTP_PUT, "/upload", h_upload, 1 << 20, LOOM_ROUTE_STREAM },
     { LOOM_HTTP_GET, "/file/{which}", h_file, 0, 0 },
+    { LOOM_HTTP_GET, "/proxied", h_proxied_head, 0, 0 },
 };
 
 /* ---- the server thread ---- */
@@ -960,6 +967,18 @@ static void test_file(void)
              "HEAD /file/large HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
     r = read_response_x(fd, true);
     CHECK_CONTAINS(r, "Content-Length: 300000");
+    free(r);
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "hello");
+    free(r);
+    /* loom_http_respond_head: the length without the bytes; a GET to it gets an empty body. */
+    send_str(fd, "HEAD /proxied HTTP/1.1\r\nHost: x\r\n\r\nGET /proxied HTTP/1.1\r\nHost: x\r\n\r\n"
+                 "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response_x(fd, true);
+    CHECK_CONTAINS(r, "Content-Length: 12345");
+    free(r);
+    r = read_response(fd);
+    CHECK_CONTAINS(r, "Content-Length: 0");
     free(r);
     r = read_response(fd);
     CHECK_STR(body_of(r), "hello");
