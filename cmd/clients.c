@@ -43,8 +43,9 @@ static void usage(FILE *out)
             "Usage: loom clients <command> [arguments] [options]\n\n"
             "Manage the API clients of the identity service.\n\n"
             "Commands:\n"
-            "  create NAME --scopes S1,S2 [--rps N] [--burst M]\n"
-            "                    create a client; prints its secret once\n"
+            "  create NAME --scopes S1,S2 [--rps N --burst M]\n"
+            "                    create a client; prints its secret once. Without --rps and\n"
+            "                    --burst it has no quota: the gateway's default limit applies\n"
             "  list              list the clients\n"
             "  show ID           show one client\n"
             "  disable ID        refuse tokens to a client (tokens issued stay valid until they "
@@ -320,10 +321,15 @@ static void print_client(const struct loom_json_doc *d, int obj, struct loom_are
     }
     printf("%-18s ", "scopes");
     print_scopes(d, loom_json_obj_get(d, obj, "scopes"), a, " ");
-    printf("\n%-18s ", "requests/second");
-    print_number(d, obj, "requests_per_second");
-    printf("\n%-18s ", "burst");
-    print_number(d, obj, "burst");
+    int q = loom_json_obj_get(d, obj, "quota");
+    if (q < 0 || !loom_json_is_object(d, q)) {
+        printf("\n%-18s none (the gateway's --gateway.rate-limit applies)", "quota");
+    } else {
+        printf("\n%-18s ", "requests/second");
+        print_number(d, obj, "requests_per_second");
+        printf("\n%-18s ", "burst");
+        print_number(d, obj, "burst");
+    }
     int dis = loom_json_obj_get(d, obj, "disabled");
     printf("\n%-18s %s\n", "disabled", dis >= 0 && loom_json_is_true(d, dis) ? "yes" : "no");
     static const char *const times[] = { "created_at", "updated_at", "secret_rotated_at" };
@@ -368,7 +374,7 @@ static int show_answer(const struct opts *o, struct loom_http_fetch_result *r)
 static int c_create(struct opts *o)
 {
     if (o->nargs != 2 || !o->scopes) {
-        fprintf(stderr, "usage: loom clients create NAME --scopes S1,S2 [--rps N] [--burst M]\n");
+        fprintf(stderr, "usage: loom clients create NAME --scopes S1,S2 [--rps N --burst M]\n");
         return 2;
     }
     struct loom_buf b;
@@ -389,7 +395,13 @@ static int c_create(struct opts *o)
             loom_json_write_str(&w, one);
     }
     loom_json_write_array_end(&w);
-    if (o->rps || o->burst) {
+    if (!o->rps != !o->burst) {
+        fprintf(stderr, "loom clients: --rps and --burst go together (neither: the gateway's "
+                        "default limit applies)\n");
+        loom_buf_release(&b);
+        return 2;
+    }
+    if (o->rps) {
         loom_json_write_key(&w, "quota");
         loom_json_write_object_begin(&w);
         double rps;

@@ -434,18 +434,21 @@ static void token_work(struct idn_op *op)
     int64_t now = loom_wall_ns() / (int64_t)LOOM_NS_PER_SEC;
     int64_t ttl = (int64_t)(idn->conf->token_ttl / LOOM_NS_PER_SEC);
     /* The client's quota travels in the token, so that the gateway enforces it without asking
-     * identity: a change applies to the tokens issued after it. */
+     * identity: a change applies to the tokens issued after it. A client without a quota gets
+     * no claim, and the gateway's default limit. */
     struct loom_buf quota;
     loom_buf_init(&quota, 0);
-    struct loom_json_writer qw;
-    loom_json_writer_init(&qw, &quota);
-    loom_json_write_object_begin(&qw);
-    loom_json_write_key(&qw, "rps");
-    loom_json_write_double(&qw, c.quota.requests_per_second);
-    loom_json_write_key(&qw, "burst");
-    loom_json_write_i64(&qw, c.quota.burst);
-    loom_json_write_object_end(&qw);
-    loom_json_writer_finish(&qw);
+    if (c.has_quota) {
+        struct loom_json_writer qw;
+        loom_json_writer_init(&qw, &quota);
+        loom_json_write_object_begin(&qw);
+        loom_json_write_key(&qw, "rps");
+        loom_json_write_double(&qw, c.quota.requests_per_second);
+        loom_json_write_key(&qw, "burst");
+        loom_json_write_i64(&qw, c.quota.burst);
+        loom_json_write_object_end(&qw);
+        loom_json_writer_finish(&qw);
+    }
     struct loom_jwt_claims claims = {
         .iss = loom_str_cstr(idn->conf->issuer),
         .sub = loom_str_cstr(c.id),
@@ -456,7 +459,7 @@ static void token_work(struct idn_op *op)
         .exp = now + ttl,
         .nbf = now,
         .iat = now,
-        .private_name = LOOM_STR(IDN_QUOTA_CLAIM),
+        .private_name = c.has_quota ? LOOM_STR(IDN_QUOTA_CLAIM) : LOOM_STR_NULL,
         .private_json = loom_buf_str(&quota),
     };
     struct idn_keyring *ring = idn_keys_current(idn);
@@ -866,8 +869,8 @@ static void create_work(struct idn_op *op)
     idn_new_id(c.id);
     memcpy(c.name, a->name.ptr, a->name.len);
     c.name[a->name.len] = '\0';
-    c.quota.requests_per_second = a->patch.set_rps ? a->patch.quota.requests_per_second : 50;
-    c.quota.burst = a->patch.set_burst ? a->patch.quota.burst : 100;
+    c.has_quota = a->patch.set_rps; /* h_create saw both fields, or none */
+    c.quota = a->patch.quota;
     c.created_ms = c.updated_ms = c.secret_rotated_ms = loom_wall_ns() / (int64_t)LOOM_NS_PER_MS;
     char secret[IDN_SECRET_LEN + 1];
     idn_new_secret(secret);
@@ -1041,12 +1044,16 @@ static bool parse_scopes(struct loom_http_req *req, const struct loom_json_doc *
     return true;
 }
 
-/* quota: {requests_per_second, burst}, either optional in a PATCH. */
+/* quota: {requests_per_second, burst}, either optional in a PATCH; or null for none. */
 static bool parse_quota(struct loom_http_req *req, const struct loom_json_doc *d, int q,
                         struct idn_client_patch *p)
 {
+    if (loom_json_is_null(d, q)) {
+        p->clear_quota = true;
+        return true;
+    }
     if (!loom_json_is_object(d, q)) {
-        problem(req, 400, "quota is an object {requests_per_second, burst}");
+        problem(req, 400, "quota is an object {requests_per_second, burst}, or null for none");
         return false;
     }
     loom_json_foreach (d, q, k) {
@@ -1071,6 +1078,10 @@ static bool parse_quota(struct loom_http_req *req, const struct loom_json_doc *d
             problem(req, 400, "quota has requests_per_second and burst only");
             return false;
         }
+    }
+    if (!p->set_rps && !p->set_burst) {
+        problem(req, 400, "quota is {requests_per_second, burst}, or null for none");
+        return false;
     }
     return true;
 }
@@ -1128,6 +1139,10 @@ static void h_create(struct loom_http_req *req)
     }
     if (!has_name || !has_scopes) {
         problem(req, 400, "a client needs a name and scopes");
+        return;
+    }
+    if (a->patch.set_rps != a->patch.set_burst) {
+        problem(req, 400, "a quota has both requests_per_second and burst (or give none)");
         return;
     }
     op_submit(op);
@@ -1204,7 +1219,7 @@ static void h_patch(struct loom_http_req *req)
             return;
         }
     }
-    if (!p->set_scopes && !p->set_rps && !p->set_burst && !p->set_disabled) {
+    if (!p->set_scopes && !p->set_rps && !p->set_burst && !p->clear_quota && !p->set_disabled) {
         problem(req, 400, "nothing to change: give scopes, quota or disabled");
         return;
     }

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * API clients: ids, secrets and their argon2id hashes, scopes, quotas, and their rows in the
- * store; plus the bootstrap admin of a fresh install. A secret is 32 bytes from the kernel's
+ * API clients: ids, secrets and their argon2id hashes, scopes, optional quotas, and their rows
+ * in the store; plus the bootstrap admin of a fresh install. A secret is 32 bytes from the kernel's
  * CSPRNG, shown once and stored only as an argon2id hash (RFC 9106) with the parameters OWASP
  * recommends for it: 19 MiB of memory, 2 passes, 1 lane, a 16-byte random salt and a 32-byte
  * tag, all in the encoded string, so they can be raised later without breaking stored hashes.
@@ -187,12 +187,16 @@ void idn_client_json(const struct idn_client *c, struct loom_json_writer *w)
             loom_json_write_string(w, idn_scope_names[i]);
     loom_json_write_array_end(w);
     loom_json_write_key(w, "quota");
-    loom_json_write_object_begin(w);
-    loom_json_write_key(w, "requests_per_second");
-    loom_json_write_double(w, c->quota.requests_per_second);
-    loom_json_write_key(w, "burst");
-    loom_json_write_i64(w, c->quota.burst);
-    loom_json_write_object_end(w);
+    if (c->has_quota) {
+        loom_json_write_object_begin(w);
+        loom_json_write_key(w, "requests_per_second");
+        loom_json_write_double(w, c->quota.requests_per_second);
+        loom_json_write_key(w, "burst");
+        loom_json_write_i64(w, c->quota.burst);
+        loom_json_write_object_end(w);
+    } else {
+        loom_json_write_null(w);
+    }
     loom_json_write_key(w, "disabled");
     loom_json_write_bool(w, c->disabled);
     write_time(w, "created_at", c->created_ms);
@@ -201,6 +205,17 @@ void idn_client_json(const struct idn_client *c, struct loom_json_writer *w)
 }
 
 /* ---- rows ---- */
+
+/* The rps and burst columns of a client: NULL for a client without a quota. */
+static struct loom_sql_value quota_rps(const struct idn_client *c)
+{
+    return c->has_quota ? LOOM_SQL_REAL_V(c->quota.requests_per_second) : LOOM_SQL_NULL_V;
+}
+
+static struct loom_sql_value quota_burst(const struct idn_client *c)
+{
+    return c->has_quota ? LOOM_SQL_INT_V(c->quota.burst) : LOOM_SQL_NULL_V;
+}
 
 #define CLIENT_COLS                                                                       \
     "id, name, scopes, rps, burst, disabled, created_ms, updated_ms, secret_rotated_ms, " \
@@ -240,17 +255,27 @@ static loom_err collect_client(const struct loom_sql_row *row, void *arg)
     memset(c, 0, sizeof(*c));
     int64_t disabled;
     const struct loom_sql_value *scopes = loom_sql_col(row, "scopes"),
-                                *rps = loom_sql_col(row, "rps");
+                                *rps = loom_sql_col(row, "rps"),
+                                *burst = loom_sql_col(row, "burst");
     if (!col_text(row, "id", c->id, sizeof(c->id)) ||
         !col_text(row, "name", c->name, sizeof(c->name)) || !scopes ||
         scopes->type != LOOM_SQL_TEXT || !idn_scopes_parse(scopes->s, &c->scopes) || !rps ||
-        (rps->type != LOOM_SQL_REAL && rps->type != LOOM_SQL_INT) ||
-        !col_int(row, "burst", &c->quota.burst) || !col_int(row, "disabled", &disabled) ||
+        !burst || !col_int(row, "disabled", &disabled) ||
         !col_int(row, "created_ms", &c->created_ms) ||
         !col_int(row, "updated_ms", &c->updated_ms) ||
         !col_int(row, "secret_rotated_ms", &c->secret_rotated_ms))
         return LOOM_EINTERNAL;
-    c->quota.requests_per_second = rps->type == LOOM_SQL_REAL ? rps->r : (double)rps->i;
+    /* A quota is both columns or neither (NULL: no quota of its own). */
+    c->has_quota = rps->type != LOOM_SQL_NULL;
+    if (c->has_quota) {
+        if ((rps->type != LOOM_SQL_REAL && rps->type != LOOM_SQL_INT) ||
+            burst->type != LOOM_SQL_INT)
+            return LOOM_EINTERNAL;
+        c->quota.requests_per_second = rps->type == LOOM_SQL_REAL ? rps->r : (double)rps->i;
+        c->quota.burst = burst->i;
+    } else if (burst->type != LOOM_SQL_NULL) {
+        return LOOM_EINTERNAL;
+    }
     c->disabled = disabled != 0;
     if (r->hash && r->n == 0) {
         const struct loom_sql_value *h = loom_sql_col(row, "secret_hash");
@@ -354,8 +379,8 @@ static loom_err insert_tx(struct loom_db *db, void *arg, struct loom_error *err)
         LOOM_SQL_CSTR_V(c->name),
         LOOM_SQL_TEXT_V(loom_buf_str(&scopes)),
         LOOM_SQL_INT_V((c->scopes & IDN_SCOPE_ADMIN) ? 1 : 0),
-        LOOM_SQL_REAL_V(c->quota.requests_per_second),
-        LOOM_SQL_INT_V(c->quota.burst),
+        quota_rps(c),
+        quota_burst(c),
         LOOM_SQL_INT_V(c->disabled ? 1 : 0),
         LOOM_SQL_INT_V(c->created_ms),
         LOOM_SQL_INT_V(c->updated_ms),
@@ -422,10 +447,21 @@ static loom_err update_tx(struct loom_db *db, void *arg, struct loom_error *err)
     const struct idn_client_patch *p = t->patch;
     if (p->set_scopes)
         c.scopes = p->scopes;
-    if (p->set_rps)
-        c.quota.requests_per_second = p->quota.requests_per_second;
-    if (p->set_burst)
-        c.quota.burst = p->quota.burst;
+    if (p->clear_quota) {
+        c.has_quota = false;
+    } else if (p->set_rps || p->set_burst) {
+        /* One field of a quota changes an existing quota; a client without one needs both. */
+        if (!c.has_quota && !(p->set_rps && p->set_burst))
+            return loom_error_set(err, LOOM_ECONFLICT,
+                                  "client %s has no quota: give both requests_per_second and "
+                                  "burst",
+                                  c.id);
+        if (p->set_rps)
+            c.quota.requests_per_second = p->quota.requests_per_second;
+        if (p->set_burst)
+            c.quota.burst = p->quota.burst;
+        c.has_quota = true;
+    }
     if (p->set_disabled)
         c.disabled = p->disabled;
     c.updated_ms = t->now;
@@ -435,8 +471,8 @@ static loom_err update_tx(struct loom_db *db, void *arg, struct loom_error *err)
     struct loom_sql_value v[] = {
         LOOM_SQL_TEXT_V(loom_buf_str(&scopes)),
         LOOM_SQL_INT_V((c.scopes & IDN_SCOPE_ADMIN) ? 1 : 0),
-        LOOM_SQL_REAL_V(c.quota.requests_per_second),
-        LOOM_SQL_INT_V(c.quota.burst),
+        quota_rps(&c),
+        quota_burst(&c),
         LOOM_SQL_INT_V(c.disabled ? 1 : 0),
         LOOM_SQL_INT_V(c.updated_ms),
         LOOM_SQL_TEXT_V(t->id),
@@ -584,8 +620,7 @@ loom_err idn_bootstrap(struct idn_service *idn, struct loom_error *err)
     struct idn_client admin = {
         .id = "admin",
         .name = "admin",
-        .scopes = IDN_SCOPES_ALL,
-        .quota = { .requests_per_second = 50, .burst = 100 },
+        .scopes = IDN_SCOPES_ALL, /* and no quota: the gateway's default applies */
         .created_ms = now,
         .updated_ms = now,
         .secret_rotated_ms = now,

@@ -66,6 +66,34 @@ const struct loom_migration idn_migrations[] = {
          "CREATE TABLE IF NOT EXISTS identity_locks (name TEXT PRIMARY KEY);"
          "INSERT INTO identity_locks (name) VALUES ('keys'), ('bootstrap') "
          "ON CONFLICT (name) DO NOTHING" },
+    /* A quota is optional: NULL rps and burst mean the client has none and the gateway's
+     * default limit applies. Version 1 stored 50/s:100 for every client created without one,
+     * so those rows become "no quota". loom is pre-release, so this is done without more
+     * ceremony: a client that was given exactly 50/s:100 on purpose cannot be told apart and
+     * needs its quota set again. SQLite cannot drop a NOT NULL, so the table is rebuilt, the
+     * same way on both backends. */
+    { 2, "CREATE TABLE identity_clients_v2 ("
+         "  id TEXT PRIMARY KEY,"
+         "  name TEXT NOT NULL UNIQUE,"
+         "  scopes TEXT NOT NULL,"
+         "  admin BIGINT NOT NULL,"
+         "  rps DOUBLE PRECISION,"
+         "  burst BIGINT,"
+         "  disabled BIGINT NOT NULL,"
+         "  created_ms BIGINT NOT NULL,"
+         "  updated_ms BIGINT NOT NULL,"
+         "  secret_rotated_ms BIGINT NOT NULL,"
+         "  secret_hash TEXT NOT NULL,"
+         "  CHECK ((rps IS NULL) = (burst IS NULL)));"
+         "INSERT INTO identity_clients_v2 (id, name, scopes, admin, rps, burst, disabled, "
+         "  created_ms, updated_ms, secret_rotated_ms, secret_hash) "
+         "SELECT id, name, scopes, admin,"
+         "  CASE WHEN rps = 50 AND burst = 100 THEN NULL ELSE rps END,"
+         "  CASE WHEN rps = 50 AND burst = 100 THEN NULL ELSE burst END,"
+         "  disabled, created_ms, updated_ms, secret_rotated_ms, secret_hash "
+         "FROM identity_clients;"
+         "DROP TABLE identity_clients;"
+         "ALTER TABLE identity_clients_v2 RENAME TO identity_clients" },
 };
 const size_t idn_nmigrations = LOOM_ARRAY_SIZE(idn_migrations);
 

@@ -115,7 +115,8 @@ extern const size_t idn_nmigrations;
 #define IDN_SECRET_LEN 47 /* "lsk_" + 43 base64url characters (32 random bytes) */
 
 /* The private claim of an access token that carries its client's quota, for the gateway:
- * "loom_quota": {"rps": requests_per_second, "burst": burst}. */
+ * "loom_quota": {"rps": requests_per_second, "burst": burst}. A client without a quota gets
+ * tokens without it, and the gateway's default limit. */
 #define IDN_QUOTA_CLAIM "loom_quota"
 
 struct idn_quota {
@@ -128,6 +129,7 @@ struct idn_client {
     char id[IDN_ID_MAX + 1];
     char name[IDN_NAME_MAX + 1];
     unsigned scopes;
+    bool has_quota; /* false: no quota of its own, the gateway's default applies */
     struct idn_quota quota;
     bool disabled;
     int64_t created_ms, updated_ms, secret_rotated_ms;
@@ -166,14 +168,15 @@ loom_err idn_client_get(struct loom_store *s, struct loom_str id, struct idn_cli
 loom_err idn_client_list(struct loom_store *s, struct loom_str after, size_t limit,
                          struct idn_client *out, size_t *n, struct loom_error *err);
 
-/* What a PATCH changes. */
+/* What a PATCH changes (and, in a POST, the quota given). */
 struct idn_client_patch {
-    bool set_scopes, set_rps, set_burst, set_disabled;
+    bool set_scopes, set_rps, set_burst, clear_quota, set_disabled;
     unsigned scopes;
     struct idn_quota quota; /* the fields set_rps and set_burst say */
     bool disabled;
 };
-/* Apply a patch; *c receives the updated client. */
+/* Apply a patch; *c receives the updated client. LOOM_EINVAL for a quota half given to a client
+ * that has none. */
 loom_err idn_client_update(struct loom_store *s, struct loom_str id,
                            const struct idn_client_patch *p, struct idn_client *c,
                            struct loom_error *err);

@@ -369,7 +369,8 @@ def echo():
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, backends, echo):
-    # the admin's own quota (identity's default, 50/s:100) would throttle the bursts here
+    # the admin's limit (it has no quota: the gateway's default, 100/s:200) would throttle the
+    # bursts here
     g = Gateway(tmp_path_factory.mktemp("gw"), backends,
                 "--gateway.client-rate-limits=admin=100000/s:100000",
                 ingest=echo.addr).start()
@@ -762,8 +763,21 @@ def test_rate_limits(gateways):
 
 def test_client_quota_from_identity(gateways):
     """A client's quota (identity's POST/PATCH /api/v1/clients) is its limit at the gateway: the
-    token carries it; --gateway.client-rate-limits overrides it."""
+    token carries it; --gateway.client-rate-limits overrides it; a client without a quota (the
+    bootstrap admin, one created without, one whose quota was cleared) gets
+    --gateway.rate-limit."""
     g = gateways("--gateway.rate-limit=200/s:200")
+    # no quota: the gateway's default, for the admin and for a client created without one
+    r = g.req("GET", "/api/v1/clients/admin")
+    assert r.status_code == 200 and r.json()["quota"] is None, r.text
+    assert parse_ratelimit(r)[:3] == ("client", 200, 1), r.headers
+    plain = "plain-" + os.urandom(3).hex()
+    r = g.req("POST", "/api/v1/clients", json={"name": plain, "scopes": ["infer"]})
+    assert r.status_code == 201 and r.json()["quota"] is None, r.text
+    pid, psecret = r.json()["id"], r.json()["secret"]
+    r = g.req("GET", f"/v2/models/{MODEL}", scope=None,
+              headers=g.auth("infer", client=(pid, psecret)))
+    assert r.status_code == 200 and parse_ratelimit(r)[:3] == ("client", 200, 1), r.headers
     name = "scorer-" + os.urandom(3).hex()
     r = g.req("POST", "/api/v1/clients", json={"name": name, "scopes": ["infer", "models:read"],
                                                "quota": {"requests_per_second": 2, "burst": 3}})
@@ -785,6 +799,20 @@ def test_client_quota_from_identity(gateways):
     r = g.req("GET", f"/v2/models/{MODEL}", scope=None,
               headers=g.auth("infer", client=(cid, secret)))
     assert parse_ratelimit(r)[:3] == ("client", 40, 1), r.headers
+    # a quota given later applies too, and a cleared one gives the gateway's default back
+    r = g.req("PATCH", f"/api/v1/clients/{pid}",
+              json={"quota": {"requests_per_second": 4, "burst": 6}})
+    assert r.status_code == 200, r.text
+    g.tokens.pop(("infer", pid))
+    r = g.req("GET", f"/v2/models/{MODEL}", scope=None,
+              headers=g.auth("infer", client=(pid, psecret)))
+    assert parse_ratelimit(r)[:3] == ("client", 6, 2), r.headers
+    r = g.req("PATCH", f"/api/v1/clients/{pid}", json={"quota": None})
+    assert r.status_code == 200 and r.json()["quota"] is None, r.text
+    g.tokens.pop(("infer", pid))
+    r = g.req("GET", f"/v2/models/{MODEL}", scope=None,
+              headers=g.auth("infer", client=(pid, psecret)))
+    assert parse_ratelimit(r)[:3] == ("client", 200, 1), r.headers
     # the operator's line for the client wins over its quota
     g2 = gateways(f"--gateway.client-rate-limits={cid}=1000/s:700")
     g2.tokens = g.tokens

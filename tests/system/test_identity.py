@@ -84,6 +84,11 @@ class Postgres:
                  "-q", "-c", f"CREATE DATABASE {name}")
         return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
 
+    def sql(self, url, script):
+        """Run SQL statements in the database of a new_database() URL."""
+        self._pg(f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                 "-d", url.rsplit("/", 1)[1], "-q", "-v", "ON_ERROR_STOP=1", "-c", script)
+
     def stop(self):
         if self.running:
             self._pg(f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop",
@@ -376,6 +381,9 @@ def test_bootstrap_admin_random_secret(identity):
     # the admin can use the API
     r = srv.api("GET", "/api/v1/clients", tok["access_token"])
     assert r.status_code == 200 and [c["id"] for c in r.json()["items"]] == ["admin"], r.text
+    # it has no quota: its tokens carry none and the gateway's default limit applies
+    assert r.json()["items"][0]["quota"] is None, r.text
+    assert "loom_quota" not in parts(tok["access_token"])[1]
     # a restart creates nothing new and keeps the file as it was
     before = open(path).read()
     srv.restart()
@@ -435,7 +443,8 @@ def test_settings(tmp_path):
 def test_tokens_basic_and_body_credentials(identity):
     srv = identity("--identity.token-ttl=5m")
     admin = srv.admin_token()
-    c = srv.create_client(admin, "fraud-scorer", ["infer", "models:read"])
+    c = srv.create_client(admin, "fraud-scorer", ["infer", "models:read"],
+                          quota={"requests_per_second": 20, "burst": 40})
     for basic in (True, False):
         t0 = int(time.time())
         r = srv.token_request({"grant_type": "client_credentials"}, auth=(c["id"], c["secret"])) \
@@ -453,7 +462,7 @@ def test_tokens_basic_and_body_credentials(identity):
         assert claims["iss"] == ISSUER and claims["aud"] == "loom"
         assert claims["sub"] == c["id"] and claims["client_id"] == c["id"]
         assert claims["scope"] == "models:read infer"
-        assert claims["loom_quota"] == {"rps": 50, "burst": 100}, claims  # the default quota
+        assert claims["loom_quota"] == {"rps": 20, "burst": 40}, claims
         assert claims["exp"] - claims["iat"] == 300 and claims["nbf"] == claims["iat"]
         assert abs(claims["iat"] - t0) <= 2
         assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
@@ -468,6 +477,10 @@ def test_tokens_basic_and_body_credentials(identity):
     r = srv.token_request({"grant_type": "client_credentials"},
                           headers={"Authorization": f"Basic {enc}"})
     assert r.status_code == 200, r.text
+    # a client without a quota gets tokens without the claim
+    d = srv.create_client(admin, "no-quota", ["infer"])
+    assert d["quota"] is None
+    assert "loom_quota" not in parts(srv.token(d["id"], d["secret"])["access_token"])[1]
 
 
 def test_scope_subsets(identity):
@@ -814,9 +827,12 @@ def test_clients_crud(identity):
     assert "$argon2" not in r.text
     assert {k: got[k] for k in ("id", "name", "scopes", "quota")} == \
         {k: c[k] for k in ("id", "name", "scopes", "quota")}
-    # defaults
+    # defaults: no quota (the gateway's default limit applies)
     d = srv.create_client(admin, "defaults", [])
-    assert d["quota"] == {"requests_per_second": 50, "burst": 100} and d["scopes"] == []
+    assert d["quota"] is None and d["scopes"] == []
+    r = srv.api("POST", "/api/v1/clients", admin,
+                json={"name": "null-quota", "scopes": [], "quota": None})
+    assert r.status_code == 201 and r.json()["quota"] is None, r.text
     r = srv.token_request({"grant_type": "client_credentials"}, auth=(d["id"], d["secret"]))
     assert_oauth_error(r, 400, "invalid_scope")
     # validation
@@ -829,6 +845,10 @@ def test_clients_crud(identity):
         {"name": "x", "scopes": [], "quota": {"burst": 0}},
         {"name": "x", "scopes": [], "quota": {"burst": 1.5}},
         {"name": "x", "scopes": [], "quota": {"rps": 1}},
+        {"name": "x", "scopes": [], "quota": {}},
+        {"name": "x", "scopes": [], "quota": {"requests_per_second": 5}},
+        {"name": "x", "scopes": [], "quota": {"burst": 5}},
+        {"name": "x", "scopes": [], "quota": 5},
         {"name": "x", "scopes": [], "secret": "mine"},
         {"name": "x", "scopes": [], "id": "cl_mine"},
         ["name"],
@@ -854,8 +874,23 @@ def test_clients_crud(identity):
     assert p["scopes"] == ["train"] and p["quota"] == {"requests_per_second": 12.5, "burst": 5}
     assert p["updated_at"] >= p["created_at"]
     for body in ({}, {"name": "new"}, {"secret": "x"}, {"disabled": "yes"},
-                 {"scopes": ["bogus"]}):
+                 {"scopes": ["bogus"]}, {"quota": {}}, {"quota": "none"}):
         assert_problem(srv.api("PATCH", f"/api/v1/clients/{c['id']}", admin, json=body), 400)
+    # a quota cleared, then one field of it refused (the client has none), then set whole
+    r = srv.api("PATCH", f"/api/v1/clients/{c['id']}", admin, json={"quota": None})
+    assert r.status_code == 200 and r.json()["quota"] is None, r.text
+    assert "loom_quota" not in parts(srv.token(c["id"], c["secret"])["access_token"])[1]
+    r = srv.api("PATCH", f"/api/v1/clients/{c['id']}", admin, json={"quota": {"burst": 7}})
+    assert "has no quota" in assert_problem(r, 409)["detail"]
+    assert srv.api("GET", f"/api/v1/clients/{c['id']}", admin).json()["quota"] is None
+    r = srv.api("PATCH", f"/api/v1/clients/{c['id']}", admin,
+                json={"quota": {"requests_per_second": 3, "burst": 7}})
+    assert r.status_code == 200 and r.json()["quota"] == {"requests_per_second": 3, "burst": 7}
+    assert parts(srv.token(c["id"], c["secret"])["access_token"])[1]["loom_quota"] == \
+        {"rps": 3, "burst": 7}
+    r = srv.api("GET", "/api/v1/clients", admin)
+    quotas = {x["id"]: x["quota"] for x in r.json()["items"]}
+    assert quotas[c["id"]] == {"requests_per_second": 3, "burst": 7} and quotas["admin"] is None
     assert srv.token(c["id"], c["secret"])["scope"] == "train"
     # rotate: the new secret works, the old one does not
     r = srv.api("POST", f"/api/v1/clients/{c['id']}/rotate-secret", admin)
@@ -914,6 +949,52 @@ def test_list_pagination(identity):
     assert made | {"admin"} == set(seen) and pages == 3
     for q in ("?limit=0", "?limit=501", "?limit=x", "?cursor=BAD%20ID"):
         assert_problem(srv.api("GET", "/api/v1/clients" + q, admin), 400)
+
+
+# The identity_clients table as migration identity/1 made it: every client had a quota, 50/s:100
+# when none was given.
+CLIENTS_V1 = """
+CREATE TABLE clients_v1 (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, scopes TEXT NOT NULL,
+  admin BIGINT NOT NULL, rps DOUBLE PRECISION NOT NULL, burst BIGINT NOT NULL,
+  disabled BIGINT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL,
+  secret_rotated_ms BIGINT NOT NULL, secret_hash TEXT NOT NULL);
+INSERT INTO clients_v1 SELECT id, name, scopes, admin, COALESCE(rps, 50), COALESCE(burst, 100),
+  disabled, created_ms, updated_ms, secret_rotated_ms, secret_hash FROM identity_clients;
+DROP TABLE identity_clients;
+ALTER TABLE clients_v1 RENAME TO identity_clients;
+DELETE FROM loom_schema_migrations WHERE component = 'identity' AND version = 2;
+"""
+
+
+def test_migration_makes_the_quota_optional(identity, backend, request):
+    # a store of the version that gave every client a quota: the rows with the old default
+    # (50/s:100) lose it, the others keep theirs, and the columns take NULL
+    srv = identity()
+    admin = srv.admin_token()
+    own = srv.create_client(admin, "own", ["infer"], quota={"requests_per_second": 12.5,
+                                                             "burst": 30})
+    plain = srv.create_client(admin, "plain", ["infer"])
+    srv.stop()
+    if backend == "postgres":
+        request.getfixturevalue("postgres").sql(srv.store, CLIENTS_V1)
+    else:
+        import sqlite3
+        db = sqlite3.connect(os.path.join(srv.data_dir, "identity.db"))
+        db.executescript(CLIENTS_V1)
+        db.close()
+    srv.start()
+    admin = srv.admin_token()
+    quotas = {c["id"]: c["quota"] for c in srv.api("GET", "/api/v1/clients", admin).json()["items"]}
+    assert quotas == {"admin": None, own["id"]: {"requests_per_second": 12.5, "burst": 30},
+                      plain["id"]: None}, quotas
+    assert "loom_quota" not in parts(admin)[1]
+    assert parts(srv.token(own["id"], own["secret"])["access_token"])[1]["loom_quota"] == \
+        {"rps": 12.5, "burst": 30}
+    r = srv.api("PATCH", f"/api/v1/clients/{own['id']}", admin, json={"quota": None})
+    assert r.status_code == 200 and r.json()["quota"] is None, r.text
+    srv.restart()  # the migration is recorded: a restart does not apply it again
+    r = srv.api("GET", f"/api/v1/clients/{own['id']}", srv.admin_token())
+    assert r.status_code == 200 and r.json()["quota"] is None, r.text
 
 
 def test_replicas_share_a_postgres_store(identity, backend):
@@ -981,12 +1062,20 @@ def test_cli(identity_sqlite):
     fields = dict(line.split(None, 1) for line in r.stdout.strip().splitlines())
     cid, secret = fields["id"], fields["secret"]
     assert fields["scopes"] == "models:read infer" and fields["requests/second"] == "7"
+    assert fields["burst"] == "9"
+    # without --rps and --burst: no quota; one without the other is a usage error
+    r = cli(srv, "create", "cli-plain", "--scopes", "infer")
+    assert r.returncode == 0, r.stderr
+    plain = dict(line.split(None, 1) for line in r.stdout.strip().splitlines())
+    assert plain["quota"].startswith("none") and "requests/second" not in plain, r.stdout
+    assert cli(srv, "create", "cli-half", "--scopes", "infer", "--rps", "3").returncode == 2
     assert srv.token(cid, secret)["scope"] == "models:read infer"
     r = cli(srv, "list")
     assert r.returncode == 0 and cid in r.stdout and "admin" in r.stdout, r.stderr
     assert secret not in r.stdout
     r = cli(srv, "list", "--json")
-    assert r.returncode == 0 and {c["id"] for c in json.loads(r.stdout)["items"]} == {"admin", cid}
+    assert r.returncode == 0 and {c["id"] for c in json.loads(r.stdout)["items"]} == \
+        {"admin", cid, plain["id"]}
     r = cli(srv, "show", cid)
     assert r.returncode == 0 and "cli-made" in r.stdout
     assert not SECRET_RE.search(r.stdout) and "\nsecret " not in r.stdout

@@ -466,7 +466,7 @@ def test_identity_request_schemas(doc, contract):
     create = schema_of(doc, "ClientCreate")
     for good in ({"name": "fraud-api", "scopes": ["infer", "models:read"],
                   "quota": {"requests_per_second": 12.5, "burst": 30}},
-                 {"name": "defaults", "scopes": []}, {"name": "x", "scopes": [], "quota": {}}):
+                 {"name": "defaults", "scopes": []}, {"name": "x", "scopes": [], "quota": None}):
         assert not contract.errors(create, good), good
     for bad in ({"name": "x"}, {"scopes": ["infer"]}, {"name": "", "scopes": []},
                 {"name": "-x", "scopes": []}, {"name": "a b", "scopes": []},
@@ -477,15 +477,17 @@ def test_identity_request_schemas(doc, contract):
                 {"name": "x", "scopes": [], "quota": {"burst": 0}},
                 {"name": "x", "scopes": [], "quota": {"burst": 1.5}},
                 {"name": "x", "scopes": [], "quota": {"rps": 1}},
+                {"name": "x", "scopes": [], "quota": {}},
+                {"name": "x", "scopes": [], "quota": {"burst": 5}},
                 {"name": "x", "scopes": [], "secret": "mine"},
                 {"name": "x", "scopes": [], "id": "cl_mine"}, ["name"]):
         assert contract.errors(create, bad), f"ClientCreate accepts {bad}"
     patch = schema_of(doc, "ClientPatch")
     for good in ({"scopes": ["train"], "quota": {"burst": 5}}, {"disabled": True},
-                 {"quota": {"requests_per_second": 1}}, {"scopes": [], "quota": {}}):
+                 {"quota": {"requests_per_second": 1}}, {"quota": None}):
         assert not contract.errors(patch, good), good
-    for bad in ({}, {"quota": {}}, {"name": "new"}, {"secret": "x"}, {"disabled": "yes"},
-                {"scopes": ["bogus"]}):
+    for bad in ({}, {"quota": {}}, {"scopes": [], "quota": {}}, {"name": "new"}, {"secret": "x"},
+                {"disabled": "yes"}, {"scopes": ["bogus"]}):
         assert contract.errors(patch, bad), f"ClientPatch accepts {bad}"
     form = schema_of(doc, "TokenRequest")
     for good in ({"grant_type": "client_credentials"},
@@ -507,6 +509,7 @@ def test_identity_request_schemas(doc, contract):
               "updated_at": "2026-11-24T21:28:30.252000Z",
               "secret_rotated_at": "2026-11-24T21:28:30.252000Z"}
     assert not contract.errors(secretless, client)
+    assert not contract.errors(secretless, dict(client, quota=None))
     with_secret = dict(client, secret="lsk_" + "A" * 43)
     assert contract.errors(secretless, with_secret), "a Client answer may not carry a secret"
     assert not contract.errors(schema_of(doc, "ClientWithSecret"), with_secret)
