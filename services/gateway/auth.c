@@ -6,10 +6,13 @@
  * exp and nbf within --gateway.leeway, and tokens over 8 KiB refused.
  *
  * The JWKS is fetched from identity (GET /.well-known/jwks.json through the loop's identity
- * upstream) once the loops run, again every --gateway.jwks-refresh, and when a token names a
- * kid the set does not have (identity rotated its key), at most once per
- * --gateway.jwks-min-refresh whatever the number of such tokens: forged kids cannot make the
- * gateway hammer identity. The set is immutable and shared by reference; each loop keeps its
+ * upstream) once the loops run, then again every --gateway.jwks-refresh or the answer's
+ * Cache-Control max-age if that is shorter (at least a second): identity publishes its next
+ * key ahead of its first use, for at least that max-age, so the set is already here when
+ * the first token signed with it arrives. A token naming a kid the set does not have waits for
+ * a fetch that is running, or starts one at most once per --gateway.jwks-min-refresh whatever
+ * the number of such tokens (forged kids cannot make the gateway hammer identity); otherwise it
+ * is refused at once. The set is immutable and shared by reference; each loop keeps its
  * own reference and a generation number, so verification takes no lock.
  *
  * Verified tokens are cached per loop thread (no lock) in a bounded two-way table keyed by a
@@ -118,6 +121,7 @@ void gw_auth_init(struct gw_service *gw)
     gw->auth.jwks = NULL;
     atomic_store(&gw->auth.gen, 0);
     atomic_store(&gw->auth.last_fetch_ns, 0);
+    atomic_store(&gw->auth.max_age_ns, 0);
     atomic_store(&gw->auth.fetching, false);
     atomic_store(&gw->auth.loaded, false);
 }
@@ -139,6 +143,34 @@ bool gw_auth_fetching(struct gw_service *gw)
     return atomic_load(&gw->auth.fetching);
 }
 
+/* The max-age of a Cache-Control value in ns, 0 if it has none. */
+static uint64_t max_age_of(const struct loom_http_response *resp)
+{
+    bool found;
+    struct loom_str cc =
+        loom_http_header_get(resp->headers, resp->nheaders, "cache-control", &found);
+    while (found && cc.ptr) {
+        struct loom_str item;
+        cc = loom_str_cut(cc, ',', &item);
+        struct loom_str name, value = loom_str_cut(loom_str_trim(item), '=', &name);
+        uint64_t s;
+        if (loom_str_ieq(loom_str_trim(name), LOOM_STR("max-age")) && value.ptr &&
+            !loom_str_to_u64(loom_str_trim(value), &s))
+            return s < 86400 ? s * LOOM_NS_PER_SEC : 86400 * LOOM_NS_PER_SEC;
+    }
+    return 0;
+}
+
+/* How long until the next periodic fetch: --gateway.jwks-refresh, or the set's max-age if
+ * shorter, at least a second. */
+static uint64_t refresh_period(struct gw_service *gw)
+{
+    uint64_t every = gw->conf->jwks_refresh, max_age = atomic_load(&gw->auth.max_age_ns);
+    if (max_age && max_age < every)
+        every = LOOM_MAX(max_age, LOOM_NS_PER_SEC);
+    return every;
+}
+
 static void on_jwks(struct loom_http_response *resp, void *arg)
 {
     struct gw_loop *gl = arg;
@@ -158,6 +190,7 @@ static void on_jwks(struct loom_http_response *resp, void *arg)
         LOOM_LOG_KV(LOOM_LOG_WARN, "jwks fetch failed", LOOM_KV_CSTR("error", err.msg));
     } else {
         loom_counter_inc(gw->m_jwks_ok);
+        atomic_store(&gw->auth.max_age_ns, max_age_of(resp));
         pthread_mutex_lock(&gw->auth.mu);
         struct loom_jwks *old = gw->auth.jwks;
         gw->auth.jwks = set;
@@ -173,13 +206,16 @@ static void on_jwks(struct loom_http_response *resp, void *arg)
     atomic_store(&gw->auth.fetching, false);
 }
 
-/* Start a fetch on gl's loop unless one is running. `force` skips the rate limit (the periodic
- * refresh and the first fetch). */
+/* Start a fetch on gl's loop unless one is running; true if one is running now (whose result
+ * a caller may wait for). `force` skips the rate limit (the periodic refresh and the first
+ * fetch). */
 static bool jwks_fetch(struct gw_loop *gl, bool force)
 {
     struct gw_service *gw = gl->gw;
     uint64_t now = loom_now_ns();
     uint64_t last = atomic_load(&gw->auth.last_fetch_ns);
+    if (atomic_load(&gw->auth.fetching))
+        return true;
     if (!force && last && now - last < gw->conf->jwks_min_refresh)
         return false;
     bool no = false;
@@ -211,19 +247,20 @@ static void on_jwks_timer(struct loom_timer *t)
 {
     struct gw_loop *gl = LOOM_CONTAINER_OF(t, struct gw_loop, jwks_timer);
     struct gw_service *gw = gl->gw;
-    /* Until the first set is in, try every second; then every --gateway.jwks-refresh (a fetch
-     * that is still running when the second check comes counts as this period's). */
+    /* Until the first set is in, try every second; then every refresh_period (a fetch that is
+     * still running when the second check comes counts as this period's). */
     if (!atomic_load(&gw->auth.loaded)) {
         jwks_fetch(gl, true);
         loom_timer_start(t, LOOM_NS_PER_SEC, 0);
         return;
     }
+    uint64_t every = refresh_period(gw);
     uint64_t now = loom_now_ns(), last = atomic_load(&gw->auth.last_fetch_ns);
-    if (now - last >= gw->conf->jwks_refresh)
+    if (now - last >= every)
         jwks_fetch(gl, true);
     last = atomic_load(&gw->auth.last_fetch_ns);
-    uint64_t next = last + gw->conf->jwks_refresh;
-    loom_timer_start(t, next > now ? next - now : gw->conf->jwks_refresh, 0);
+    uint64_t next = last + every;
+    loom_timer_start(t, next > now ? next - now : every, 0);
 }
 
 void gw_auth_start(struct gw_loop *gl)

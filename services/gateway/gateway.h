@@ -160,6 +160,7 @@ struct gw_auth {
     struct loom_jwks *jwks; /* under mu; NULL until the first fetch */
     atomic_uint_fast64_t gen;
     atomic_uint_fast64_t last_fetch_ns; /* when the last fetch started (monotonic) */
+    atomic_uint_fast64_t max_age_ns;    /* the last JWKS's Cache-Control max-age; 0: none */
     atomic_bool fetching;
     atomic_bool loaded;
 };

@@ -465,7 +465,9 @@ static void token_work(struct idn_op *op)
     struct idn_keyring *ring = idn_keys_current(idn);
     struct loom_buf token;
     loom_buf_init(&token, LOOM_JWT_MAX_LEN + 1);
-    e = loom_jwt_sign(ring->signer, &claims, &token, &err);
+    const struct loom_jwk *signer =
+        idn_keyring_signer(ring, loom_wall_ns() / (int64_t)LOOM_NS_PER_MS);
+    e = loom_jwt_sign(signer, &claims, &token, &err);
     loom_buf_release(&quota);
     if (e) {
         idn_keyring_unref(ring);
@@ -495,7 +497,7 @@ static void token_work(struct idn_op *op)
     loom_counter_inc(idn->m_issued);
     LOOM_LOG_KV(LOOM_LOG_INFO, "token issued", LOOM_KV_CSTR("client_id", c.id),
                 LOOM_KV_STR("scope", loom_buf_str(&scope)), LOOM_KV_CSTR("jti", jti),
-                LOOM_KV_CSTR("kid", loom_jwk_kid(ring->signer)), LOOM_KV_INT("expires_in", ttl));
+                LOOM_KV_CSTR("kid", loom_jwk_kid(signer)), LOOM_KV_INT("expires_in", ttl));
     idn_keyring_unref(ring);
     OPENSSL_cleanse(token.data, token.len);
     loom_buf_release(&token);
@@ -770,11 +772,11 @@ static void h_jwks(struct loom_http_req *req)
 {
     struct idn_service *idn = req->ctx;
     struct idn_keyring *ring = idn_keys_current(idn);
-    /* Shorter than the time an old key stays published after it stops signing (token-ttl and
-     * more), so a cached copy never lacks a key whose tokens are still valid for long; a
-     * verifier that meets an unknown kid refetches anyway. */
-    uint64_t max_age =
-        LOOM_MAX(LOOM_MIN(idn->conf->token_ttl / 2, 300 * LOOM_NS_PER_SEC), LOOM_NS_PER_SEC);
+    /* Half the time the next key is published before it signs (at most 5 min, at least 1 s):
+     * a copy cached for max-age, refetched when it expires, holds the next key before its
+     * first token. */
+    uint64_t max_age = LOOM_MAX(LOOM_MIN(idn_keys_prepublish(idn->conf) / 2, 300 * LOOM_NS_PER_SEC),
+                                LOOM_NS_PER_SEC);
     loom_http_resp_headerf(req, "Cache-Control", "public, max-age=%llu",
                            (unsigned long long)(max_age / LOOM_NS_PER_SEC));
     loom_http_respond(req, 200, "application/jwk-set+json",

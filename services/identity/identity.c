@@ -32,6 +32,12 @@ static const struct loom_conf_field idn_fields[] = {
                           90 * 86400 * SEC,
                           "How long a signing key signs before a new one takes over; old keys "
                           "stay published until their last token has expired."),
+    LOOM_CONF_RANGE_FIELD(struct idn_conf, key_prepublish, "key-prepublish", DURATION, "10m", SEC,
+                          7 * 86400 * SEC,
+                          "How long the next signing key is published in the JWKS before it "
+                          "signs (at most half of key-rotation), so verifiers refreshing on "
+                          "their schedule have it before its first token; keep it above their "
+                          "refresh period (the gateway's --gateway.jwks-refresh)."),
     LOOM_CONF_RANGE_FIELD(struct idn_conf, clock_skew, "clock-skew", DURATION, "30s", 0, 60 * SEC,
                           "Leeway for clock differences when verifying tokens (0 to 60s); "
                           "retired keys stay published this much longer. Use the gateway's."),
@@ -94,6 +100,10 @@ const struct loom_migration idn_migrations[] = {
          "FROM identity_clients;"
          "DROP TABLE identity_clients;"
          "ALTER TABLE identity_clients_v2 RENAME TO identity_clients" },
+    /* A key is published from created_ms and signs from signs_from_ms: the next key is
+     * published ahead of its first use. The keys of version 2 signed from their creation. */
+    { 3, "ALTER TABLE identity_keys ADD COLUMN signs_from_ms BIGINT NOT NULL DEFAULT 0;"
+         "UPDATE identity_keys SET signs_from_ms = created_ms" },
 };
 const size_t idn_nmigrations = LOOM_ARRAY_SIZE(idn_migrations);
 

@@ -40,6 +40,7 @@ struct idn_conf {
     const char *audience;         /* aud of every token */
     uint64_t token_ttl;           /* ns a token lives */
     uint64_t key_rotation;        /* ns a key signs before the next one takes over */
+    uint64_t key_prepublish;      /* ns the next key is published before it signs (at most) */
     uint64_t clock_skew;          /* ns of leeway verifiers allow; keys outlive tokens by it */
     const char *bootstrap_secret; /* the first admin's secret; "" for a random one */
     int64_t max_failed_auth;      /* failed authentications per client id per minute */
@@ -72,13 +73,17 @@ void idn_scopes_format(unsigned bits, struct loom_buf *out);
 struct idn_keyring {
     atomic_int refs;
     struct loom_jwks *verify; /* every published key */
-    struct loom_jwk *signer;  /* the newest key that is not retired */
-    char *jwks_json;          /* {"keys":[...]}: the published document */
+    struct loom_jwk *signer;  /* the key that signs now */
+    struct loom_jwk *next;    /* NULL, or a published key that signs from next_from_ms */
+    int64_t next_from_ms;
+    char *jwks_json; /* {"keys":[...]}: the published document */
     size_t jwks_len;
     char *fingerprint; /* the kids and their states, to tell whether a reload changed anything */
 };
 
 struct idn_keyring *idn_keyring_ref(struct idn_keyring *r);
+/* The key to sign with at `now_ms` (wall clock): the next key once its time has come. */
+const struct loom_jwk *idn_keyring_signer(const struct idn_keyring *r, int64_t now_ms);
 void idn_keyring_unref(struct idn_keyring *r);
 
 struct idn_service;
@@ -96,6 +101,10 @@ loom_err idn_keys_rotate(struct idn_service *idn, struct loom_error *err);
 /* Reload the keyring from the store, at most once a second (a token with an unknown kid may
  * have been signed by another replica's new key). Blocks. Returns whether it reloaded. */
 bool idn_keys_reload_soon(struct idn_service *idn);
+
+/* How long before it signs the next key is published: min(key-rotation / 2,
+ * key-prepublish). */
+uint64_t idn_keys_prepublish(const struct idn_conf *conf);
 
 /* How often the rotation job runs: a quarter of the shorter of rotation and ttl, within
  * 250 ms and 60 s. */

@@ -2,14 +2,20 @@
 /*
  * The identity service's signing keys. Keys are ES256 pairs kept in the store (the private key
  * as PKCS#8 PEM; encrypting it at rest is future work, see docs/identity.md), each with the
- * time it was created and, once a newer key took over, the time it was retired. The rotation
- * job runs in one transaction under a lock row (so replicas sharing a PostgreSQL store rotate
- * once): it creates a key when there is none or the current one has signed for
- * --identity.key-rotation, retires the one it replaces, and deletes retired keys whose every
- * token has expired: retired + token-ttl + one check interval (another replica may sign with
- * the old key until its next reload) + clock-skew (the verifiers' leeway). Then the keyring is
- * rebuilt from the store and swapped in whole, if anything changed. The JWKS publishes every
- * key the store still holds, so a token stays verifiable for as long as it can be valid.
+ * time it was created, the time it starts signing and, once a newer key took over, the time it
+ * was retired. A key is published (in the JWKS) from its creation, and the next key is created
+ * a pre-publication period (idn_keys_prepublish) before it signs, so that verifiers that
+ * refresh their copy of the JWKS on their normal schedule already hold it when its first token
+ * arrives. The rotation job runs in one transaction under a lock row (so replicas sharing a
+ * PostgreSQL store rotate once): it creates a key that signs at once when nothing signs (a
+ * fresh store), creates the next one when the current key is one pre-publication period away
+ * from having signed for --identity.key-rotation, retires the keys a newer one has taken over
+ * from, and deletes retired keys whose every token has expired: retired + token-ttl + one check
+ * interval (another replica may sign with the old key until its next reload) + clock-skew (the
+ * verifiers' leeway). Then the keyring is rebuilt from the store and swapped in whole, if
+ * anything changed; it holds the next key too, and the signer switches to it at its time. The
+ * JWKS publishes every key the store still holds, so a token stays verifiable for as long as it
+ * can be valid.
  */
 #include "identity/identity.h"
 
@@ -27,8 +33,9 @@ struct key_row {
     char kid[LOOM_JWK_KID_MAX + 1];
     char alg[16];
     char *pem;
-    int64_t created_ms;
-    int64_t retired_ms; /* 0: still signing */
+    int64_t created_ms;    /* published from */
+    int64_t signs_from_ms; /* signs from (later than created_ms for a pre-published key) */
+    int64_t retired_ms;    /* 0: not retired */
 };
 
 struct key_rows {
@@ -58,6 +65,11 @@ uint64_t idn_keys_check_interval(const struct idn_conf *conf)
     return LOOM_MAX(LOOM_MIN(base, 60 * LOOM_NS_PER_SEC), 250 * LOOM_NS_PER_MS);
 }
 
+uint64_t idn_keys_prepublish(const struct idn_conf *conf)
+{
+    return LOOM_MIN(conf->key_rotation / 2, conf->key_prepublish);
+}
+
 /* When a key retired at `retired_ms` has no valid token left and may go. */
 static int64_t drop_after_ms(const struct idn_conf *conf, int64_t retired_ms)
 {
@@ -73,10 +85,12 @@ static loom_err collect_row(const struct loom_sql_row *row, void *arg)
     const struct loom_sql_value *kid = loom_sql_col(row, "kid"), *alg = loom_sql_col(row, "alg"),
                                 *pem = loom_sql_col(row, "private_pem"),
                                 *created = loom_sql_col(row, "created_ms"),
+                                *from = loom_sql_col(row, "signs_from_ms"),
                                 *retired = loom_sql_col(row, "retired_ms");
     if (!kid || kid->type != LOOM_SQL_TEXT || kid->s.len > LOOM_JWK_KID_MAX || !alg ||
         alg->type != LOOM_SQL_TEXT || alg->s.len >= sizeof(r->v[0].alg) || !pem ||
-        pem->type != LOOM_SQL_TEXT || !created || created->type != LOOM_SQL_INT || !retired)
+        pem->type != LOOM_SQL_TEXT || !created || created->type != LOOM_SQL_INT || !from ||
+        from->type != LOOM_SQL_INT || !retired)
         return LOOM_EINTERNAL;
     struct key_row *k = &r->v[r->n++];
     memcpy(k->kid, kid->s.ptr, kid->s.len);
@@ -85,6 +99,7 @@ static loom_err collect_row(const struct loom_sql_row *row, void *arg)
     k->alg[alg->s.len] = '\0';
     k->pem = loom_str_dup(pem->s);
     k->created_ms = created->i;
+    k->signs_from_ms = from->i;
     k->retired_ms = retired->type == LOOM_SQL_INT ? retired->i : 0;
     return LOOM_OK;
 }
@@ -93,8 +108,8 @@ static loom_err load_rows(struct loom_db *db, struct key_rows *rows, struct loom
 {
     rows_clear(rows);
     loom_err e = loom_db_exec(db,
-                              "SELECT kid, alg, private_pem, created_ms, retired_ms "
-                              "FROM identity_keys ORDER BY created_ms, kid",
+                              "SELECT kid, alg, private_pem, created_ms, signs_from_ms, "
+                              "retired_ms FROM identity_keys ORDER BY signs_from_ms, kid",
                               NULL, 0, collect_row, rows, NULL, err);
     if (e == LOOM_ETOOBIG)
         return loom_error_set(err, e, "the store holds more than %d signing keys", MAX_KEY_ROWS);
@@ -117,9 +132,15 @@ void idn_keyring_unref(struct idn_keyring *r)
         return;
     loom_jwks_unref(r->verify);
     loom_jwk_unref(r->signer);
+    loom_jwk_unref(r->next);
     free(r->jwks_json);
     free(r->fingerprint);
     free(r);
+}
+
+const struct loom_jwk *idn_keyring_signer(const struct idn_keyring *r, int64_t now_ms)
+{
+    return r->next && now_ms >= r->next_from_ms ? r->next : r->signer;
 }
 
 struct idn_keyring *idn_keys_current(struct idn_service *idn)
@@ -130,7 +151,8 @@ struct idn_keyring *idn_keys_current(struct idn_service *idn)
     return r;
 }
 
-/* Build a keyring from rows (the keys not yet past their drop time). */
+/* Build a keyring from rows (the keys not yet past their drop time): the signer is the newest
+ * key that signs by `now`, the next one the first that signs after it. */
 static loom_err build_ring(struct idn_service *idn, const struct key_rows *rows, int64_t now,
                            struct idn_keyring **out, struct loom_error *err)
 {
@@ -140,7 +162,7 @@ static loom_err build_ring(struct idn_service *idn, const struct key_rows *rows,
     struct loom_buf fp;
     loom_buf_init(&fp, 0);
     loom_err e = LOOM_OK;
-    const struct key_row *newest = NULL;
+    const struct key_row *signer = NULL, *next = NULL;
     for (size_t i = 0; i < rows->n; i++) {
         const struct key_row *k = &rows->v[i];
         if (k->retired_ms && drop_after_ms(idn->conf, k->retired_ms) <= now)
@@ -156,16 +178,28 @@ static loom_err build_ring(struct idn_service *idn, const struct key_rows *rows,
             loom_error_prefix(err, "signing key %s", k->kid);
             goto fail;
         }
-        loom_buf_printf(&fp, "%s:%lld;", k->kid, (long long)k->retired_ms);
-        if (!k->retired_ms && (!newest || k->created_ms >= newest->created_ms))
-            newest = k;
+        loom_buf_printf(&fp, "%s:%lld:%lld;", k->kid, (long long)k->signs_from_ms,
+                        (long long)k->retired_ms);
+        if (k->retired_ms)
+            continue;
+        /* rows are in signs_from order */
+        if (k->signs_from_ms <= now)
+            signer = k;
+        else if (!next)
+            next = k;
     }
-    if (!newest) {
+    if (!signer) {
         e = loom_error_set(err, LOOM_ENOTFOUND, "the store has no signing key");
         goto fail;
     }
     r->signer =
-        loom_jwk_ref((struct loom_jwk *)loom_jwks_find(r->verify, loom_str_cstr(newest->kid)));
+        loom_jwk_ref((struct loom_jwk *)loom_jwks_find(r->verify, loom_str_cstr(signer->kid)));
+    if (next) {
+        r->next =
+            loom_jwk_ref((struct loom_jwk *)loom_jwks_find(r->verify, loom_str_cstr(next->kid)));
+        r->next_from_ms = next->signs_from_ms;
+    }
+    loom_buf_printf(&fp, "signer=%s", signer->kid);
     struct loom_buf doc;
     loom_buf_init(&doc, 0);
     loom_jwks_write(r->verify, &doc);
@@ -200,6 +234,7 @@ static loom_err publish(struct idn_service *idn, const struct key_rows *rows,
     loom_gauge_set(idn->m_keys, (double)loom_jwks_count(r->verify));
     LOOM_LOG_KV(LOOM_LOG_INFO, "keys published",
                 LOOM_KV_CSTR("signing_kid", loom_jwk_kid(r->signer)),
+                LOOM_KV_CSTR("next_kid", r->next ? loom_jwk_kid(r->next) : ""),
                 LOOM_KV_UINT("keys", loom_jwks_count(r->verify)));
     idn_keyring_unref(old);
     return LOOM_OK;
@@ -212,9 +247,43 @@ struct rotation {
     struct key_rows rows;
     int64_t now;
     char created[LOOM_JWK_KID_MAX + 1];
+    int64_t created_from_ms;
     char retired[LOOM_JWK_KID_MAX + 1];
     int64_t deleted;
 };
+
+/* Create a key that signs from `from_ms` (published from now). */
+static loom_err create_key(struct loom_db *db, struct rotation *rot, int64_t from_ms,
+                           struct loom_error *err)
+{
+    struct loom_jwk *k = NULL;
+    loom_err e = loom_jwk_generate(LOOM_JWT_ES256, NULL, &k, err);
+    if (e)
+        return e;
+    struct loom_buf pem;
+    loom_buf_init(&pem, 0);
+    e = loom_jwk_private_pem(k, &pem, err);
+    if (!e) {
+        struct loom_sql_value p[] = {
+            LOOM_SQL_CSTR_V(loom_jwk_kid(k)),
+            LOOM_SQL_CSTR_V("ES256"),
+            LOOM_SQL_TEXT_V(loom_buf_str(&pem)),
+            LOOM_SQL_INT_V(rot->now),
+            LOOM_SQL_INT_V(from_ms),
+        };
+        e = loom_db_exec(db,
+                         "INSERT INTO identity_keys (kid, alg, private_pem, created_ms, "
+                         "signs_from_ms) VALUES ($1, $2, $3, $4, $5)",
+                         p, LOOM_ARRAY_SIZE(p), NULL, NULL, NULL, err);
+    }
+    if (pem.data)
+        OPENSSL_cleanse(pem.data, pem.len);
+    loom_buf_release(&pem);
+    snprintf(rot->created, sizeof(rot->created), "%s", loom_jwk_kid(k));
+    rot->created_from_ms = from_ms;
+    loom_jwk_unref(k);
+    return e;
+}
 
 static loom_err rotate_tx(struct loom_db *db, void *arg, struct loom_error *err)
 {
@@ -230,43 +299,36 @@ static loom_err rotate_tx(struct loom_db *db, void *arg, struct loom_error *err)
         e = load_rows(db, &rot->rows, err);
     if (e)
         return e;
-    const struct key_row *cur = NULL;
-    for (size_t i = 0; i < rot->rows.n; i++)
-        if (!rot->rows.v[i].retired_ms)
-            cur = &rot->rows.v[i]; /* rows are in creation order: the last wins */
-    int64_t rotation_ms = (int64_t)(conf->key_rotation / LOOM_NS_PER_MS);
-    if (!cur || rot->now - cur->created_ms >= rotation_ms) {
-        struct loom_jwk *k = NULL;
-        e = loom_jwk_generate(LOOM_JWT_ES256, NULL, &k, err);
-        if (e)
-            return e;
-        struct loom_buf pem;
-        loom_buf_init(&pem, 0);
-        e = loom_jwk_private_pem(k, &pem, err);
-        if (!e) {
-            struct loom_sql_value p[] = {
-                LOOM_SQL_CSTR_V(loom_jwk_kid(k)),
-                LOOM_SQL_CSTR_V("ES256"),
-                LOOM_SQL_TEXT_V(loom_buf_str(&pem)),
-                LOOM_SQL_INT_V(rot->now),
-            };
-            e = loom_db_exec(db,
-                             "INSERT INTO identity_keys (kid, alg, private_pem, created_ms) "
-                             "VALUES ($1, $2, $3, $4)",
-                             p, 4, NULL, NULL, NULL, err);
-        }
-        if (pem.data)
-            OPENSSL_cleanse(pem.data, pem.len);
-        loom_buf_release(&pem);
-        snprintf(rot->created, sizeof(rot->created), "%s", loom_jwk_kid(k));
-        loom_jwk_unref(k);
-        if (e)
-            return e;
-    }
-    /* Every other key that still signs retires now: only the newest signs. */
+    /* cur: the newest key that signs now; next: a pre-published one (rows are in signs_from
+     * order). */
+    const struct key_row *cur = NULL, *next = NULL;
     for (size_t i = 0; i < rot->rows.n; i++) {
         const struct key_row *k = &rot->rows.v[i];
-        if (k->retired_ms || (k == cur && !rot->created[0]))
+        if (k->retired_ms)
+            continue;
+        if (k->signs_from_ms <= rot->now)
+            cur = k;
+        else if (!next)
+            next = k;
+    }
+    int64_t rotation_ms = (int64_t)(conf->key_rotation / LOOM_NS_PER_MS);
+    int64_t pre_ms = (int64_t)(idn_keys_prepublish(conf) / LOOM_NS_PER_MS);
+    if (!cur) {
+        /* Nothing signs (a fresh store): no verifier can hold a token yet, so sign at once. */
+        e = create_key(db, rot, rot->now, err);
+    } else if (!next && rot->now >= cur->signs_from_ms + rotation_ms - pre_ms) {
+        /* The next key, published at least pre_ms before it signs (later than its turn if
+         * this job ran late: the current key then signs a little longer). */
+        e = create_key(db, rot, LOOM_MAX(cur->signs_from_ms + rotation_ms, rot->now + pre_ms), err);
+    }
+    if (e)
+        return e;
+    /* Only the newest key that signs now keeps signing: the ones before it retire. */
+    const char *keep =
+        rot->created[0] && rot->created_from_ms <= rot->now ? rot->created : cur->kid;
+    for (size_t i = 0; i < rot->rows.n; i++) {
+        const struct key_row *k = &rot->rows.v[i];
+        if (k->retired_ms || k->signs_from_ms > rot->now || strcmp(k->kid, keep) == 0)
             continue;
         struct loom_sql_value p[] = { LOOM_SQL_INT_V(rot->now), LOOM_SQL_CSTR_V(k->kid) };
         e = loom_db_exec(db, "UPDATE identity_keys SET retired_ms = $1 WHERE kid = $2", p, 2, NULL,
@@ -297,7 +359,8 @@ loom_err idn_keys_rotate(struct idn_service *idn, struct loom_error *err)
         if (rot->created[0]) {
             loom_counter_inc(idn->m_rotations);
             LOOM_LOG_KV(LOOM_LOG_INFO, "signing key created", LOOM_KV_CSTR("kid", rot->created),
-                        LOOM_KV_CSTR("alg", "ES256"));
+                        LOOM_KV_CSTR("alg", "ES256"),
+                        LOOM_KV_DBL("signs_in_s", (double)(rot->created_from_ms - rot->now) / 1e3));
         }
         if (rot->retired[0])
             LOOM_LOG_KV(LOOM_LOG_INFO, "signing key retired", LOOM_KV_CSTR("kid", rot->retired));

@@ -321,8 +321,8 @@ def test_unknown_kid_refresh_is_rate_limited(env):
 
 
 def test_rotated_key_is_picked_up(tmp_path):
-    """identity rotates its key every 2 s; the gateway (periodic refresh off: 1 h) learns the
-    new kid from the first token that names it."""
+    """identity rotates its key every 2 s; the gateway (periodic refresh 1 h, but identity's
+    JWKS max-age of 1 s is shorter) has the new kid by the time a token names it."""
     b = Backends(tmp_path, services=("identity",), extra=("--identity.key-rotation=2s",)).start()
     g = Gateway(tmp_path, b, "--gateway.jwks-refresh=1h", "--gateway.jwks-min-refresh=500ms",
                 name="gwrot")
@@ -344,6 +344,34 @@ def test_rotated_key_is_picked_up(tmp_path):
         r = requests.get(g.base + "/api/v1/flags", headers={"Authorization": "Bearer " + tok},
                          timeout=10)
         assert r.status_code == 200, r.text
+    finally:
+        g.stop()
+        b.proc.stop()
+
+
+def test_rotation_without_refused_tokens(tmp_path):
+    """identity rotates its key every 3 s; a gateway that may refetch the JWKS for an unknown
+    kid only every 5 s, with no leeway, takes a fresh token every few tens of milliseconds for
+    10 s: none is refused, because each key was published before its first token (identity
+    pre-publishes it for 1.5 s, its JWKS max-age is 1 s and the gateway follows it)."""
+    b = Backends(tmp_path, services=("identity",), extra=("--identity.key-rotation=3s",)).start()
+    g = Gateway(tmp_path, b, "--gateway.jwks-min-refresh=5s", "--gateway.leeway=0s",
+                "--gateway.client-rate-limits=admin=100000/s:100000", name="gwprepub")
+    g.start()
+    try:
+        kids, codes = set(), {}
+        t_end = time.monotonic() + 10
+        while time.monotonic() < t_end:
+            g.tokens.clear()
+            tok = g.token("admin")
+            kids.add(json.loads(base64.urlsafe_b64decode(tok.split(".")[0] + "=="))["kid"])
+            r = requests.get(g.base + "/api/v1/flags", timeout=10,
+                             headers={"Authorization": "Bearer " + tok})
+            codes[r.status_code] = codes.get(r.status_code, 0) + 1
+            assert r.status_code == 200, (r.status_code, r.text, len(kids))
+        assert len(kids) >= 3, kids  # it did rotate, more than once
+        assert (g.metric("gateway", 'loom_gateway_auth_failures_total{reason="unknown_kid"}')
+                or 0) == 0
     finally:
         g.stop()
         b.proc.stop()

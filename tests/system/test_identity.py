@@ -699,19 +699,29 @@ def test_key_rotation(identity):
     kid1 = parts(first)[0]["kid"]
     exp1 = parts(first)[1]["exp"]
     jwks = srv.jwks()
-    assert [k["kid"] for k in jwks["keys"]] == [kid1]
+    assert kid1 in [k["kid"] for k in jwks["keys"]]
     max_age = int(re.search(r"max-age=(\d+)", srv.session.get(
         srv.url("/.well-known/jwks.json")).headers["cache-control"]).group(1))
-    assert max_age < ttl, "a cached JWKS expires before an old key's tokens do"
-    # a new key takes over; both are published while the first one's tokens live
+    # the next key is published min(key-rotation/2, key-prepublish) = 1 s before it signs, and
+    # a cached JWKS expires no later than that (max-age is at least 1 s)
+    assert max_age == 1, max_age
+    # a new key takes over; it was in the JWKS (at least ~1 s) before its first token
+    published = {}
     deadline = time.monotonic() + 15 * SLOW
     while True:
+        now = time.monotonic()
+        for k in srv.jwks()["keys"]:
+            published.setdefault(k["kid"], now)
         tok = srv.token("admin", secret)["access_token"]
         kid2 = parts(tok)[0]["kid"]
         if kid2 != kid1:
             break
         assert time.monotonic() < deadline, "the signing key did not rotate"
-        time.sleep(0.2)
+        time.sleep(0.05)
+    assert kid2 in published, "a key signed before it was published"
+    assert time.monotonic() - published[kid2] >= 0.7, "the next key was published too late"
+    assert srv.wait_log(lambda o: o.get("msg") == "signing key created" and o["kid"] == kid2
+                        and o["signs_in_s"] >= 1.0)
     kids = [k["kid"] for k in srv.jwks()["keys"]]
     assert kid1 in kids and kid2 in kids, kids
     if time.time() < exp1:
