@@ -374,9 +374,13 @@ static uint64_t last_at_most(sqlite3 *db, const char *col, int64_t limit)
         return 0;
     uint64_t ans = 0, lo = 0, hi = 0, rs;
     int64_t v;
+    /* Two subqueries: SQLite answers min() or max() alone from the end of the B-tree, but
+     * "SELECT min(seq), max(seq)" scans the whole table (0.15 s at a million events, every 5 s
+     * in retention, under the publish lock). */
     sqlite3_stmt *ends;
-    if (sqlite3_prepare_v2(db, "SELECT min(seq), max(seq) FROM bus_log", -1, &ends, NULL) ==
-            SQLITE_OK &&
+    if (sqlite3_prepare_v2(db,
+                           "SELECT (SELECT min(seq) FROM bus_log), (SELECT max(seq) FROM bus_log)",
+                           -1, &ends, NULL) == SQLITE_OK &&
         sqlite3_step(ends) == SQLITE_ROW) {
         lo = (uint64_t)sqlite3_column_int64(ends, 0);
         hi = (uint64_t)sqlite3_column_int64(ends, 1);
