@@ -636,6 +636,25 @@ static void test_sqlite_retention(void)
     loom_bus_close(bus);
 }
 
+/* Under a steady stream of publishes the WAL starts over once it passes 64 MiB: 60,000 events
+ * with random dedup keys write some 200 MiB of WAL frames. */
+static void test_sqlite_wal_restarts(void)
+{
+    char url[300], wal[300];
+    snprintf(url, sizeof(url), "sqlite:%s/wal.db", g_dir);
+    snprintf(wal, sizeof(wal), "%s/wal.db-wal", g_dir);
+    struct loom_bus *bus = NULL;
+    struct loom_error err = { 0 };
+    CHECK_INT(loom_bus_open(url, NULL, &bus, &err), LOOM_OK);
+    if (!bus)
+        return;
+    publish(bus, "loom.w.x", "w", 0, 60000);
+    struct stat st;
+    CHECK_INT(stat(wal, &st), 0);
+    CHECK(st.st_size < (off_t)128 << 20);
+    loom_bus_close(bus);
+}
+
 /* ---- a real nats-server ---- */
 
 static int free_port(void)
@@ -700,6 +719,7 @@ int main(void)
     run_suite(url);
     g_dir = dir;
     RUN(test_sqlite_retention);
+    RUN(test_sqlite_wal_restarts);
 
     const char *bin = find_nats_server();
     if (!bin) {
