@@ -14,7 +14,8 @@
 #      round (its rate falls as it fills).
 #   2. Latency at half load, as a streaming client sends (POSTs of LAT_BATCH records, 100):
 #      first the pipeline's own maximum (ingest as fast as it goes while a consumer group
-#      reads every event), then at half of it an open loop for LATENCY_SECONDS (POSTs due at
+#      reads every event), then, after a sync (the earlier phases' gigabytes are written back
+#      first, not during the measurement), at half of it an open loop for LATENCY_SECONDS (POSTs due at
 #      fixed times on 8 connections, each record carrying its POST's due time) while `bus_tool latency`, a consumer group in its own process fetching
 #      CONSUMER_BATCH events at most at a time, reads the events: POST -> consumer p50/p99/max,
 #      and stored -> consumer p99 (from the time the bus gives an event).
@@ -26,7 +27,8 @@
 # Usage: bench/bus.sh [EVENTS] [LATENCY_SECONDS] [ROUNDS]   (defaults: 300000, 10 s, 3 rounds;
 # also EVENTS=, LATENCY_SECONDS=, ROUNDS=, BATCH= (records per POST, 1000), LAT_BATCH= (the
 # same in the latency phase, 100), CONSUMER_BATCH=
-# (256), BACKENDS= ("sqlite nats", or either alone), LOOM=binary)
+# (256), BACKENDS= ("sqlite nats", or either alone), NATS_GOGC= (nats-server's GOGC, 400),
+# LOOM=binary)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -38,6 +40,7 @@ has_nats() { [[ " $backends " == *" nats "* ]]; }
 batch=${BATCH:-1000}
 lat_batch=${LAT_BATCH:-100}
 cbatch=${CONSUMER_BATCH:-256}
+nats_gogc=${NATS_GOGC:-400}
 BUS_TOOL=${BUS_TOOL:-$(dirname "$LOOM")/tests/bus_tool}
 fail() { echo "bench/bus.sh: $*" >&2; exit 1; }
 [ -x "$LOOM" ] || fail "build loom first (make)"
@@ -325,8 +328,13 @@ verdict() {
 # ---- nats-server: loopback only, its store in the temporary directory ----
 nport=$(free_port)
 mkdir -p "$work/nats"
-taskset -c $NATS_CPU "$NATS_SERVER" -js -a 127.0.0.1 -p "$nport" -sd "$work/nats" \
-    >"$work/nats.log" 2>&1 &
+# GOGC: at the default (100), on the cpu it shares with loom, nats-server's collector paused
+# publishing for 150-600 ms at a time once its heap held the 2-minute dedup window's millions of
+# ids (PubAcks late, so ingest's answers late: p99 POST -> consumer 230 ms against 33 ms at 400,
+# same run otherwise). 400 is what an operator with a latency target sets (docs/events.md);
+# NATS_GOGC=100 measures the default. The raw publisher uses the same server.
+taskset -c $NATS_CPU env GOGC="$nats_gogc" "$NATS_SERVER" -js -a 127.0.0.1 -p "$nport" \
+    -sd "$work/nats" >"$work/nats.log" 2>&1 &
 pids+=($!)
 $PY - "$nport" <<'PY' || fail "nats-server did not start: $(tail -5 "$work/nats.log")"
 import socket, sys, time
@@ -382,7 +390,7 @@ busy() {
 
 echo "bench/bus.sh: $LOOM; $events events per throughput run in POSTs of $batch records" \
     "(2 connections), $rounds interleaved rounds; client and consumer on cpu $CLIENT_CPU, loom" \
-    "and the raw publisher on cpu $SERVER_CPU, nats-server on cpu $NATS_CPU; $(busy)"
+    "and the raw publisher on cpu $SERVER_CPU, nats-server (GOGC=$nats_gogc) on cpu $NATS_CPU; $(busy)"
 
 # ---- throughput: interleaved rounds ----
 declare -A rates
@@ -449,6 +457,10 @@ for n in $backends; do
     printf "  %-6s ingest -> bus with a consumer attached: %s events/s\n" \
         "$n" "${pipe[$n]}"
     half=$(awk -v m="${pipe[$n]}" 'BEGIN { printf "%d", m / 2 }')
+    # The phases before wrote gigabytes that the kernel writes back over the next tens of
+    # seconds; an fsync of the open loop would wait for that in ext4's ordered journal. They
+    # are written out first, so the latency measured is this phase's own.
+    sync
     taskset -c $CLIENT_CPU "$BUS_TOOL" latency --bus "${bus[$n]}" --group "lat-$n" \
         --batch "$cbatch" >"$work/lat-$n.out" 2>&1 &
     tpid=$!
