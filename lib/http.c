@@ -1,7 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* HTTP pieces shared by the server and the client: method and status names, header lookup,
  * percent-decoding, the Allow list. */
+#include "internal.h"
+
 #include <loom/http.h>
+
+#include <stdint.h>
+#include <string.h>
 
 static const char *const method_names[LOOM_HTTP__METHODS] = {
     [LOOM_HTTP_OTHER] = "OTHER", [LOOM_HTTP_GET] = "GET",         [LOOM_HTTP_HEAD] = "HEAD",
@@ -194,4 +199,55 @@ size_t loom_http_allow_list(unsigned allowed, char *out, size_t cap)
         out[n] = '\0';
     }
     return n;
+}
+
+/* RFC 9110 5.6.2: tchar, for the ASCII half (bytes from 0x80 are not tchars). */
+static const unsigned char tchar[128] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0,
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 0,
+};
+
+bool loom__http_token(struct loom_str s)
+{
+    if (s.len == 0)
+        return false;
+    unsigned char ok = 1;
+    for (size_t i = 0; i < s.len; i++) {
+        unsigned char ch = (unsigned char)s.ptr[i];
+        ok &= ch < 128 && tchar[ch];
+    }
+    return ok;
+}
+
+static bool field_bytes_ok(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((p[i] < 0x20 && p[i] != '\t') || p[i] == 0x7f)
+            return false;
+    return true;
+}
+
+/*
+ * RFC 9110 5.5: a field value is visible characters, spaces, tabs and obs-text; no other CTL.
+ * Eight bytes at a time: a word with no byte below 0x20 and none equal to 0x7f is fine as it is
+ * ("has a byte less than n" and "has a zero byte", from Bit Twiddling Hacks); only a word that
+ * may hold one, a tab being the usual case, is looked at byte by byte. Token values of a few
+ * hundred bytes (a bearer token) pass through every proxied request.
+ */
+bool loom__http_field_value(struct loom_str s)
+{
+    const unsigned char *p = (const unsigned char *)s.ptr;
+    size_t i = 0;
+    for (; i + 8 <= s.len; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, p + i, 8);
+        y = x ^ 0x7f7f7f7f7f7f7f7fULL;
+        uint64_t ctl = (x - 0x2020202020202020ULL) & ~x & 0x8080808080808080ULL;
+        uint64_t del = (y - 0x0101010101010101ULL) & ~y & 0x8080808080808080ULL;
+        if ((ctl | del) && !field_bytes_ok(p + i, 8))
+            return false;
+    }
+    return field_bytes_ok(p + i, s.len - i);
 }

@@ -1182,32 +1182,6 @@ static void on_call_timer(struct loom_timer *t)
 
 /* ---- the public API ---- */
 
-static bool is_tchar(unsigned char ch)
-{
-    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-           (ch && strchr("!#$%&'*+-.^_`|~", ch));
-}
-
-static bool is_token(struct loom_str s)
-{
-    if (s.len == 0)
-        return false;
-    for (size_t i = 0; i < s.len; i++)
-        if (!is_tchar((unsigned char)s.ptr[i]))
-            return false;
-    return true;
-}
-
-static bool safe_value(struct loom_str s)
-{
-    for (size_t i = 0; i < s.len; i++) {
-        unsigned char ch = (unsigned char)s.ptr[i];
-        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-            return false;
-    }
-    return true;
-}
-
 static bool valid_target(enum loom_http_method m, struct loom_str t)
 {
     if (t.len == 0)
@@ -1242,7 +1216,7 @@ static loom_err build_head(struct loom_http_call *call, const struct loom_http_r
     call->host_at = h->len;
     for (size_t i = 0; i < req->nheaders && !e; i++) {
         const struct loom_http_header *hd = &req->headers[i];
-        if (!is_token(hd->name) || !safe_value(hd->value))
+        if (!loom__http_token(hd->name) || !loom__http_field_value(hd->value))
             return loom_error_set(err, LOOM_EINVAL, "header %zu (%.*s) is malformed", i,
                                   (int)LOOM_MIN(hd->name.len, 64),
                                   hd->name.ptr ? hd->name.ptr : "");
@@ -1538,7 +1512,7 @@ struct loom_http_upstream *loom_http_upstream_new(struct loom_loop *loop,
                            : a->sa.ss.ss_family == AF_UNIX ? "localhost"
                                                            : a->name;
         struct loom_str hs = loom_str_cstr(host);
-        if (!safe_value(hs) || hs.len == 0) {
+        if (!loom__http_field_value(hs) || hs.len == 0) {
             loom_error_set(err, LOOM_EINVAL, "upstream \"%s\": bad host \"%s\"", up->name, host);
             up->naddrs = i + 1;
             upstream_free_mem(up);

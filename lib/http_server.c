@@ -840,32 +840,6 @@ static void defer_refusal(struct loom__http_conn *c, int status, const char *fmt
     c->deferred_status = status;
 }
 
-/* RFC 9110 5.6.2: tchar. */
-static bool is_token(struct loom_str s)
-{
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-    if (s.len == 0)
-        return false;
-    for (size_t i = 0; i < s.len; i++) {
-        unsigned char ch = (unsigned char)s.ptr[i];
-        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-              (ch && strchr(extra, ch))))
-            return false;
-    }
-    return true;
-}
-
-/* RFC 9110 5.5: field values are visible characters, spaces, tabs and obs-text; no CTLs. */
-static bool is_field_value(struct loom_str s)
-{
-    for (size_t i = 0; i < s.len; i++) {
-        unsigned char ch = (unsigned char)s.ptr[i];
-        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-            return false;
-    }
-    return true;
-}
-
 /* Split the target into path and query; accept absolute-form (RFC 9112 3.2.2). */
 static void split_target(struct loom_http_req *req)
 {
@@ -962,7 +936,7 @@ static int on_headers_complete(void *ud)
     struct loom_str expect = LOOM_STR_NULL, traceparent = LOOM_STR_NULL;
     for (size_t i = 0; i < n; i++) {
         struct loom_str name = hs[i].name;
-        if (!is_token(name) || !is_field_value(hs[i].value)) {
+        if (!loom__http_token(name) || !loom__http_field_value(hs[i].value)) {
             c->refuse_status = 400;
             c->refuse_msg = "malformed header field";
             return -1;

@@ -15,6 +15,11 @@
 
 /* ---- HTTP/1.1 message parser (lib/h1.c) ---- */
 
+/* RFC 9110 checks shared by the HTTP server and client (lib/http.c): a field name is a
+ * non-empty token (5.6.2); a field value has no CTL but tab (5.5). */
+bool loom__http_token(struct loom_str s);
+bool loom__http_field_value(struct loom_str s);
+
 enum loom__h1_kind { LOOM__H1_REQUEST, LOOM__H1_RESPONSE };
 
 /* Callbacks return 0 to go on and non-zero to stop with an error (the caller remembers why).
