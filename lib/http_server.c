@@ -1529,28 +1529,6 @@ static struct listener *listener_of(struct loom_http_server *s, struct loom_loop
     return found;
 }
 
-static bool port_free(const struct loom_sockaddr *sa, struct loom_error *err)
-{
-    const struct sockaddr_in *in = (const void *)&sa->ss;
-    const struct sockaddr_in6 *in6 = (const void *)&sa->ss;
-    if ((sa->ss.ss_family == AF_INET && in->sin_port == 0) ||
-        (sa->ss.ss_family == AF_INET6 && in6->sin6_port == 0))
-        return true; /* port 0: the kernel picks a free one */
-    int fd = socket(sa->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return true; /* the real bind reports it */
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    bool ok = bind(fd, (const struct sockaddr *)&sa->ss, sa->len) == 0 || errno != EADDRINUSE;
-    close(fd);
-    if (!ok) {
-        char name[80];
-        loom_net_format(sa, name, sizeof(name));
-        loom_error_set(err, LOOM_EIO, "%s is in use by another process", name);
-    }
-    return ok;
-}
-
 loom_err loom_http_server_listen(struct loom_http_server *s, struct loom_loop *loop,
                                  const char *addr, struct loom_error *err)
 {
@@ -1563,10 +1541,11 @@ loom_err loom_http_server_listen(struct loom_http_server *s, struct loom_loop *l
     pthread_mutex_lock(&s->mu);
     if (s->port > 0)
         loom_net_set_port(&sa, s->port);
-    /* SO_REUSEPORT would let a second process (a forgotten one, a typo in a port) share the port
-     * with this one and take half of its connections: before the first listener, a plain bind
-     * checks that nobody holds it. */
-    if (sa.ss.ss_family != AF_UNIX && !s->nlisteners && s->port <= 0 && !port_free(&sa, err)) {
+    /* The loops' listeners share the port through SO_REUSEPORT, which would let another
+     * process share it too: the first checks that nobody holds it (a unix path is checked by
+     * loom_net_listen itself). */
+    if (sa.ss.ss_family != AF_UNIX && !s->nlisteners && s->port <= 0 &&
+        !loom_net_addr_free(&sa, err)) {
         pthread_mutex_unlock(&s->mu);
         return LOOM_EIO;
     }

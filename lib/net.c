@@ -114,6 +114,30 @@ static bool unix_path_free(const struct loom_sockaddr *addr, struct loom_error *
     return true;
 }
 
+bool loom_net_addr_free(const struct loom_sockaddr *addr, struct loom_error *err)
+{
+    if (addr->ss.ss_family == AF_UNIX)
+        return unix_path_free(addr, err);
+    const struct sockaddr_in *in = (const void *)&addr->ss;
+    const struct sockaddr_in6 *in6 = (const void *)&addr->ss;
+    if ((addr->ss.ss_family == AF_INET && in->sin_port == 0) ||
+        (addr->ss.ss_family == AF_INET6 && in6->sin6_port == 0))
+        return true; /* port 0: the kernel picks a free one */
+    int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return true; /* the real bind reports it */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    bool ok = bind(fd, (const struct sockaddr *)&addr->ss, addr->len) == 0 || errno != EADDRINUSE;
+    close(fd);
+    if (!ok) {
+        char name[80];
+        loom_net_format(addr, name, sizeof(name));
+        loom_error_set(err, LOOM_EIO, "%s is in use by another process", name);
+    }
+    return ok;
+}
+
 int loom_net_listen(const struct loom_sockaddr *addr, bool reuseport, int backlog,
                     struct loom_error *err)
 {

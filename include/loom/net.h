@@ -29,6 +29,12 @@ loom_err loom_net_resolve(const char *hostport, bool passive, struct loom_sockad
 int loom_net_listen(const struct loom_sockaddr *addr, bool reuseport, int backlog,
                     struct loom_error *err);
 
+/* Whether a listener may bind `addr` without sharing it: for TCP, that no other socket holds
+ * the port (SO_REUSEPORT would let another process share it and take half its connections; port
+ * 0 is always free); for unix:, the rule of loom_net_listen, which removes a stale socket file.
+ * false with *err set. */
+bool loom_net_addr_free(const struct loom_sockaddr *addr, struct loom_error *err);
+
 /* Start a non-blocking connect; the fd becomes writable when it completes (check with
  * loom_net_connect_result). Returns the fd, or -1 with *err set. TCP_NODELAY is set. */
 int loom_net_connect(const struct loom_sockaddr *addr, struct loom_error *err);
