@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 
 #define CONF_FILE_MAX  ((size_t)1 << 20) /* bytes in a config file */
 #define CONF_LINE_MAX  8192              /* bytes in one line of it */
@@ -301,9 +302,10 @@ static loom_err check_addr(struct loom_str s, bool allow_empty, const char *qv,
                               qv);
     }
     if (loom_str_has_prefix(s, LOOM_STR("unix:"))) {
-        if (s.len < 7 || s.ptr[5] != '/' || s.len - 5 > 107)
+        size_t max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1; /* 107 on Linux */
+        if (s.len < 7 || s.ptr[5] != '/' || s.len - 5 > max)
             return loom_error_set(err, LOOM_EINVAL,
-                                  "%s is not unix:/ABSOLUTE/PATH (of at most 107 bytes)", qv);
+                                  "%s is not unix:/ABSOLUTE/PATH (of at most %zu bytes)", qv, max);
         return LOOM_OK;
     }
     struct loom_str host, port;
