@@ -5,7 +5,9 @@
  * A connection reads into `in`, feeds the parser, and handles one request at a time: the parser
  * pauses after each message, the request is dispatched, and only once it is answered does
  * parsing go on (so pipelined requests are answered in order and a slow handler stops reading
- * instead of buffering without bound). Head fields are recorded as offsets while they arrive in
+ * instead of buffering without bound). The exception is a route marked LOOM_ROUTE_PARALLEL:
+ * up to PIPE_MAX of its pipelined requests are handled at once, their answers held in order
+ * (see "Pipelining" below). Head fields are recorded as offsets while they arrive in
  * fragments, and the head is copied once into the request's arena when complete, so `in` can be
  * compacted or grown freely afterwards. Responses are appended to `out` and written by a task
  * deferred to the end of the loop iteration: the answers to every request that arrived in one
@@ -39,6 +41,7 @@
 #define ACCEPT_BATCH 64
 #define LINGER_IDLE  (2 * LOOM_NS_PER_SEC) /* lingering ends after this long without a byte */
 #define LINGER_MAX   (30 * LOOM_NS_PER_SEC)
+#define PIPE_MAX     32 /* pipelined requests a connection has in hand at once */
 
 enum cstate {
     C_IDLE,     /* between requests */
@@ -59,6 +62,26 @@ struct abort_hook {
 };
 
 struct listener;
+struct loom__http_conn;
+
+/*
+ * One request's own state: the request being read or handled (conn->cur), or one that is
+ * waiting in the connection's pipeline (see pipe_push): answered out of turn, or still with its
+ * handler while later pipelined requests are read. Kept for reuse on the connection.
+ */
+struct rq {
+    struct loom_http_req req;
+    struct loom_arena arena;
+    struct loom_buf body;
+    struct loom_buf resp_headers;
+    struct loom_buf out; /* its answer, held until every answer before it is out */
+    struct abort_hook *abort_hooks;
+    struct rq *next; /* in the pipeline, or the spares */
+    int status;
+    bool keepalive;
+    bool responded;
+    bool queued; /* in the pipeline */
+};
 
 struct loom__http_conn {
     struct loom_io io;
@@ -85,12 +108,11 @@ struct loom__http_conn {
     int deferred_status; /* a refusal answered after the (bodiless) message completes */
     char deferred_msg[160];
 
-    struct loom_arena arena;
-    struct loom_http_req req;
-    struct loom_buf body;
-    struct loom_buf resp_headers;
-    struct abort_hook *abort_hooks;
-    int status;
+    struct rq *cur;                   /* the request being read, dispatched or handled */
+    struct rq *pipe_head, *pipe_tail; /* earlier requests whose answers are not out yet */
+    size_t npipe;
+    struct rq *spares;
+    bool replay; /* the message being read must wait for the pipeline to empty: re-read then */
 
     /* a LOOM_ROUTE_STREAM request */
     bool streaming;     /* its handler has run; the body goes to the sink, or waits in `body` */
@@ -112,11 +134,9 @@ struct loom__http_conn {
     uint64_t file_left;
 
     uint64_t deadline;
-    bool keepalive;
     bool close_after; /* close once `out` is written */
     bool closed;
     bool kick_pending;
-    bool responded;
     bool peer_eof;
     bool continue_owed;  /* Expect: 100-continue on a streaming route: sent when it reads */
     bool lingering;      /* answered and shut for writing: reading what the client still sends */
@@ -170,6 +190,7 @@ static void conn_kick(struct loom__http_conn *c);
 static void process_input(struct loom__http_conn *c);
 static void update_interest(struct loom__http_conn *c);
 static void listener_accept_resume(struct listener *ls);
+static const struct loom__h1_callbacks h1_callbacks;
 
 /* ---- errors and response building ---- */
 
@@ -219,19 +240,35 @@ static bool conn_draining(const struct loom__http_conn *c)
     return c->ls->draining;
 }
 
+static struct rq *rq_of(const struct loom_http_req *req)
+{
+    return LOOM_CONTAINER_OF(req, struct rq, req);
+}
+
 /* Where the next bytes of output go: after a handed-over body, if one is pending. */
 static struct loom_buf *out_tail(struct loom__http_conn *c)
 {
     return c->out_big.len ? &c->out_big : &c->out;
 }
 
+/* An answer waits in its request while an earlier request's answer is not out. */
+static bool held(const struct loom__http_conn *c, const struct rq *r)
+{
+    return r->queued || c->pipe_head;
+}
+
+static struct loom_buf *resp_out(struct loom__http_conn *c, struct rq *r)
+{
+    return held(c, r) ? &r->out : out_tail(c);
+}
+
 /* Status line and the server's headers. */
-static void write_head(struct loom__http_conn *c, int status, const char *content_type,
-                       size_t content_length)
+static void write_head(struct loom__http_conn *c, struct rq *r, int status,
+                       const char *content_type, size_t content_length)
 {
     if (c->streaming && !c->body_done)
         c->close_after = true; /* answered before the body ended: the rest is not read */
-    struct loom_buf *o = out_tail(c);
+    struct loom_buf *o = resp_out(c, r);
     char line[16] = "HTTP/1.1 000 ";
     line[9] = (char)('0' + status / 100 % 10);
     line[10] = (char)('0' + status / 10 % 10);
@@ -246,25 +283,27 @@ static void write_head(struct loom__http_conn *c, int status, const char *conten
     }
     loom_buf_append_cstr(o, "\r\nContent-Length: ");
     loom_buf_append_u64(o, content_length);
-    if (!c->keepalive || c->close_after || conn_draining(c)) {
+    /* A held answer closes the connection for its own reasons only: the close wanted by a
+     * later request goes on that request's answer. */
+    if (!r->keepalive || (c->close_after && !held(c, r)) || conn_draining(c)) {
         c->close_after = true;
         loom_buf_append_cstr(o, "\r\nConnection: close");
     }
     loom_buf_append_cstr(o, "\r\n");
-    if (c->resp_headers.len)
-        loom_buf_append(o, c->resp_headers.data, c->resp_headers.len);
+    if (r->resp_headers.len)
+        loom_buf_append(o, r->resp_headers.data, r->resp_headers.len);
     loom_buf_append_cstr(o, "\r\n");
 }
 
-static bool head_request(const struct loom__http_conn *c)
+static bool head_request(const struct rq *r)
 {
-    return c->req.method == LOOM_HTTP_HEAD;
+    return r->req.method == LOOM_HTTP_HEAD;
 }
 
-static void finish_response(struct loom__http_conn *c, int status)
+static void finish_response(struct loom__http_conn *c, struct rq *r, int status)
 {
-    c->status = status;
-    c->responded = true;
+    r->status = status;
+    r->responded = true;
     conn_kick(c); /* flush at the end of this loop iteration, with whatever else is ready */
 }
 
@@ -272,52 +311,56 @@ void loom_http_respond(struct loom_http_req *req, int status, const char *conten
                        struct loom_str body)
 {
     struct loom__http_conn *c = req->conn;
-    if (c->responded) {
+    struct rq *r = rq_of(req);
+    if (r->responded) {
         loom_log_error("second response to %.*s %.*s ignored", LOOM_STR_FMT(req->method_name),
                        LOOM_STR_FMT(req->path));
         return;
     }
     if (!c->closed) {
-        write_head(c, status, content_type, body.len);
-        if (!head_request(c) && body.len)
-            loom_buf_append(out_tail(c), body.ptr, body.len);
+        write_head(c, r, status, content_type, body.len);
+        if (!head_request(r) && body.len)
+            loom_buf_append(resp_out(c, r), body.ptr, body.len);
     }
-    finish_response(c, status);
+    finish_response(c, r, status);
 }
 
 void loom_http_respond_head(struct loom_http_req *req, int status, const char *content_type,
                             uint64_t content_length)
 {
     struct loom__http_conn *c = req->conn;
-    if (c->responded) {
+    struct rq *r = rq_of(req);
+    if (r->responded) {
         loom_log_error("second response to %.*s %.*s ignored", LOOM_STR_FMT(req->method_name),
                        LOOM_STR_FMT(req->path));
         return;
     }
-    if (!head_request(c)) {
+    if (!head_request(r)) {
         loom_log_error("loom_http_respond_head for %.*s %.*s: answered without a body",
                        LOOM_STR_FMT(req->method_name), LOOM_STR_FMT(req->path));
         content_length = 0;
     }
     if (!c->closed)
-        write_head(c, status, content_type, (size_t)content_length);
-    finish_response(c, status);
+        write_head(c, r, status, content_type, (size_t)content_length);
+    finish_response(c, r, status);
 }
 
 void loom_http_respond_file(struct loom_http_req *req, int status, const char *content_type, int fd,
                             uint64_t offset, uint64_t len)
 {
     struct loom__http_conn *c = req->conn;
-    if (c->responded || c->closed || head_request(c)) {
-        if (!c->responded && !c->closed)
-            write_head(c, status, content_type, (size_t)len); /* HEAD: no body */
+    struct rq *r = rq_of(req);
+    if (r->responded || c->closed || head_request(r)) {
+        if (!r->responded && !c->closed)
+            write_head(c, r, status, content_type, (size_t)len); /* HEAD: no body */
         close(fd);
-        if (!c->responded)
-            finish_response(c, status);
+        if (!r->responded)
+            finish_response(c, r, status);
         return;
     }
-    if (len < 65536 || c->out_big.len || c->file_fd >= 0) {
-        /* Small bodies are cheaper to copy; and one file at a time keeps the order simple. */
+    if (len < 65536 || c->out_big.len || c->file_fd >= 0 || held(c, r)) {
+        /* Small bodies are cheaper to copy; one file at a time keeps the order simple; and a
+         * held answer waits in memory anyway. */
         struct loom_buf b;
         loom_buf_init(&b, (size_t)len + 1);
         bool ok = loom_buf_reserve(&b, (size_t)len) == LOOM_OK;
@@ -335,37 +378,39 @@ void loom_http_respond_file(struct loom_http_req *req, int status, const char *c
         loom_buf_release(&b);
         return;
     }
-    write_head(c, status, content_type, (size_t)len);
+    write_head(c, r, status, content_type, (size_t)len);
     c->file_fd = fd;
     c->file_off = (off_t)offset;
     c->file_left = len;
-    finish_response(c, status);
+    finish_response(c, r, status);
 }
 
 void loom_http_respond_buf(struct loom_http_req *req, int status, const char *content_type,
                            struct loom_buf *body)
 {
     struct loom__http_conn *c = req->conn;
-    if (c->responded || c->closed || head_request(c) || body->len < 65536 || c->out_big.len) {
+    struct rq *r = rq_of(req);
+    if (r->responded || c->closed || head_request(r) || body->len < 65536 || c->out_big.len ||
+        held(c, r)) {
         /* Small bodies are cheaper to copy than to send from a second buffer. */
         loom_http_respond(req, status, content_type, loom_buf_str(body));
         loom_buf_release(body);
         return;
     }
-    write_head(c, status, content_type, body->len);
+    write_head(c, r, status, content_type, body->len);
     c->out_big = *body;
     c->big_off = 0;
     loom_buf_init(body, body->max);
-    finish_response(c, status);
+    finish_response(c, r, status);
 }
 
-static void respond_error_msg(struct loom__http_conn *c, int status, const char *msg)
+static void respond_error_msg(struct loom_http_req *req, int status, const char *msg)
 {
     struct loom_buf b;
     loom_buf_init(&b, 0);
-    loom_http_error_fn fn = c->ls->srv->cfg.error_body;
-    const char *ctype = fn(&b, status, msg, c->req.path);
-    loom_http_respond(&c->req, status, ctype, loom_buf_str(&b));
+    loom_http_error_fn fn = req->conn->ls->srv->cfg.error_body;
+    const char *ctype = fn(&b, status, msg, req->path);
+    loom_http_respond(req, status, ctype, loom_buf_str(&b));
     loom_buf_release(&b);
 }
 
@@ -376,7 +421,7 @@ void loom_http_respond_error(struct loom_http_req *req, int status, const char *
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    respond_error_msg(req->conn, status, msg);
+    respond_error_msg(req, status, msg);
 }
 
 void loom_http_respond_problem(struct loom_http_req *req, int status, const char *type,
@@ -407,7 +452,7 @@ void loom_http_respond_problem(struct loom_http_req *req, int status, const char
 
 void loom_http_resp_header(struct loom_http_req *req, const char *name, struct loom_str value)
 {
-    struct loom_buf *b = &req->conn->resp_headers;
+    struct loom_buf *b = &rq_of(req)->resp_headers;
     loom_buf_append_cstr(b, name);
     loom_buf_append(b, ": ", 2);
     /* A CR or LF in a value would split the response: drop them. */
@@ -488,12 +533,12 @@ bool loom_http_req_is_aborted(const struct loom_http_req *req)
 
 void loom_http_req_on_abort(struct loom_http_req *req, loom_cleanup_fn fn, void *arg)
 {
-    struct loom__http_conn *c = req->conn;
-    struct abort_hook *h = loom_arena_alloc(&c->arena, sizeof(*h));
+    struct rq *r = rq_of(req);
+    struct abort_hook *h = loom_arena_alloc(&r->arena, sizeof(*h));
     h->fn = fn;
     h->arg = arg;
-    h->next = c->abort_hooks;
-    c->abort_hooks = h;
+    h->next = r->abort_hooks;
+    r->abort_hooks = h;
 }
 
 /* ---- metrics ---- */
@@ -511,12 +556,12 @@ static const char *route_label(const struct loom_http_server *s, const struct lo
     return route ? route->path : "unmatched";
 }
 
-static void record_request(struct loom__http_conn *c)
+static void record_request(struct loom__http_conn *c, const struct rq *r)
 {
     struct loom_http_server *s = c->ls->srv;
-    const struct loom_route *route = c->req.route;
+    const struct loom_route *route = r->req.route;
     struct route_metrics *rm = route_metrics_of(s, route);
-    double secs = (double)(loom_now_ns() - c->req.start_ns) / 1e9;
+    double secs = (double)(loom_now_ns() - r->req.start_ns) / 1e9;
     const char *method = route ? loom_http_method_name(route->method) : "OTHER";
     if (!rm->duration) {
         /* Created on first use: the family lock makes concurrent creation safe. */
@@ -527,7 +572,7 @@ static void record_request(struct loom__http_conn *c)
 
     struct loom_counter *counter = NULL;
     for (int i = 0; i < 8; i++) {
-        if (atomic_load_explicit(&rm->codes[i], memory_order_acquire) == c->status) {
+        if (atomic_load_explicit(&rm->codes[i], memory_order_acquire) == r->status) {
             counter = atomic_load_explicit(&rm->by_code[i], memory_order_acquire);
             if (counter)
                 break;
@@ -535,23 +580,23 @@ static void record_request(struct loom__http_conn *c)
     }
     if (!counter) {
         char code[8];
-        snprintf(code, sizeof(code), "%d", c->status);
+        snprintf(code, sizeof(code), "%d", r->status);
         const char *labels[] = { route_label(s, route), method, code };
         counter = loom_counter_get(s->m_requests, labels);
         for (int i = 0; i < 8; i++) {
             struct loom_counter *none = NULL;
             if (atomic_compare_exchange_strong(&rm->by_code[i], &none, counter)) {
-                atomic_store_explicit(&rm->codes[i], c->status, memory_order_release);
+                atomic_store_explicit(&rm->codes[i], r->status, memory_order_release);
                 break;
             }
         }
     }
     loom_counter_inc(counter);
     if (loom_log_level_enabled(LOOM_LOG_DEBUG)) {
-        loom_trace_set_current(&c->req.trace); /* the line carries the request's ids */
-        LOOM_LOG_KV(LOOM_LOG_DEBUG, "request", LOOM_KV_STR("method", c->req.method_name),
-                    LOOM_KV_STR("path", c->req.path), LOOM_KV_CSTR("route", route_label(s, route)),
-                    LOOM_KV_INT("status", c->status), LOOM_KV_DBL("duration_ms", secs * 1e3));
+        loom_trace_set_current(&r->req.trace); /* the line carries the request's ids */
+        LOOM_LOG_KV(LOOM_LOG_DEBUG, "request", LOOM_KV_STR("method", r->req.method_name),
+                    LOOM_KV_STR("path", r->req.path), LOOM_KV_CSTR("route", route_label(s, route)),
+                    LOOM_KV_INT("status", r->status), LOOM_KV_DBL("duration_ms", secs * 1e3));
         loom_trace_set_current(NULL);
     }
 }
@@ -664,7 +709,7 @@ static bool flush(struct loom__http_conn *c)
     }
     if (c->io.events & LOOM_IO_WRITE)
         loom_io_start(&c->io, c->io.events & ~(unsigned)LOOM_IO_WRITE);
-    if (c->close_after && c->state == C_IDLE) {
+    if (c->close_after && c->state == C_IDLE && !c->pipe_head) {
         conn_linger(c);
         return false;
     }
@@ -673,14 +718,64 @@ static bool flush(struct loom__http_conn *c)
 
 /* ---- request lifecycle ---- */
 
+static void rq_reset(struct loom__http_conn *c, struct rq *r)
+{
+    loom_arena_reset(&r->arena);
+    loom_buf_reset(&r->body);
+    loom_buf_reset(&r->resp_headers);
+    loom_buf_reset(&r->out);
+    r->abort_hooks = NULL;
+    r->next = NULL;
+    r->status = 0;
+    r->keepalive = false;
+    r->responded = false;
+    r->queued = false;
+    memset(&r->req, 0, sizeof(r->req));
+    r->req.conn = c;
+    r->req.arena = &r->arena;
+    r->req.loop = c->ls->loop;
+    r->req.ctx = c->ls->srv->cfg.ctx;
+    r->req.owner = c->ls->srv->cfg.owner;
+}
+
+static struct rq *rq_new(struct loom__http_conn *c)
+{
+    struct rq *r = c->spares;
+    if (r) {
+        c->spares = r->next;
+    } else {
+        r = loom_new(struct rq);
+        loom_arena_init(&r->arena, 4096);
+        loom_buf_init(&r->body, 0);
+        loom_buf_init(&r->resp_headers, 64 * 1024);
+        loom_buf_init(&r->out, 0);
+    }
+    rq_reset(c, r);
+    return r;
+}
+
+static void rq_free(struct rq *r)
+{
+    loom_arena_release(&r->arena);
+    loom_buf_release(&r->body);
+    loom_buf_release(&r->resp_headers);
+    loom_buf_release(&r->out);
+    free(r);
+}
+
+/* Keep a finished request for the next one. */
+static void rq_recycle(struct loom__http_conn *c, struct rq *r)
+{
+    rq_reset(c, r);
+    r->next = c->spares;
+    c->spares = r;
+}
+
+/* The parser's state for the next message, and a fresh current request. */
 static void reset_request(struct loom__http_conn *c)
 {
-    loom_arena_reset(&c->arena);
-    loom_buf_reset(&c->body);
-    loom_buf_reset(&c->resp_headers);
+    rq_reset(c, c->cur);
     loom_buf_reset(&c->hoffs);
-    c->abort_hooks = NULL;
-    c->responded = false;
     c->continue_owed = false;
     c->streaming = false;
     c->body_seen = 0;
@@ -695,37 +790,97 @@ static void reset_request(struct loom__http_conn *c)
     c->deferred_status = 0;
     c->target_off = c->target_len = c->head_end = 0;
     c->last_was_value = false;
-    memset(&c->req, 0, sizeof(c->req));
-    c->req.conn = c;
-    c->req.arena = &c->arena;
-    c->req.loop = c->ls->loop;
-    c->req.ctx = c->ls->srv->cfg.ctx;
-    c->req.owner = c->ls->srv->cfg.owner;
     c->state = C_IDLE;
 }
 
 /* The handler has answered: account for it and get ready for the next request. */
 static void complete_request(struct loom__http_conn *c)
 {
-    record_request(c);
+    record_request(c, c->cur);
     reset_request(c);
     loom__h1_resume(&c->parser);
     if (!c->closed)
         set_deadline(c, loom_loop_now(c->ls->loop) + limits(c)->idle_timeout);
 }
 
+/*
+ * Pipelining. A request to a LOOM_ROUTE_PARALLEL route that its handler does not answer at once
+ * joins the connection's pipeline, and the next pipelined request is read and dispatched without
+ * waiting for it (so, say, a run of inference requests on one connection is batched together).
+ * Every answer given while an earlier one is not out is held in its request (resp_out), and
+ * pipe_advance moves answers to `out` in the order the requests came. Only parallel routes and
+ * answers without a handler (refusals) go ahead of an unanswered request: a request to any
+ * other route waits, read but not dispatched (C_READY), until the pipeline is empty; one whose
+ * handler would run before its body is read (a streaming route), or that wants a 100 Continue,
+ * is not even read: its head is read again once the pipeline is empty (c->replay).
+ */
+static bool parallel_route(const struct loom__http_conn *c)
+{
+    const struct loom_route *route = c->cur->req.route;
+    return route && (route->flags & LOOM_ROUTE_PARALLEL);
+}
+
+static void pipe_push(struct loom__http_conn *c)
+{
+    struct rq *r = c->cur;
+    r->queued = true;
+    if (c->pipe_tail)
+        c->pipe_tail->next = r;
+    else
+        c->pipe_head = r;
+    c->pipe_tail = r;
+    c->npipe++;
+    if (!r->keepalive)
+        c->close_after = true; /* nothing after it is read */
+    c->cur = rq_new(c);
+    reset_request(c);
+    loom__h1_resume(&c->parser);
+    set_deadline(c, UINT64_MAX); /* the handlers have it; a new message sets its own */
+    if (r->responded)
+        conn_kick(c);
+}
+
+static bool pipe_unanswered(const struct loom__http_conn *c)
+{
+    for (const struct rq *r = c->pipe_head; r; r = r->next)
+        if (!r->responded)
+            return true;
+    return false;
+}
+
+/* Move the answers that are next in order to `out`. */
+static void pipe_advance(struct loom__http_conn *c)
+{
+    struct rq *r;
+    while ((r = c->pipe_head) && r->responded) {
+        c->pipe_head = r->next;
+        if (!c->pipe_head)
+            c->pipe_tail = NULL;
+        c->npipe--;
+        if (!c->closed && r->out.len)
+            loom_buf_append(out_tail(c), r->out.data, r->out.len);
+        record_request(c, r);
+        rq_recycle(c, r);
+    }
+    if (!c->pipe_head && !c->closed && c->state == C_IDLE && c->in_off == c->in.len)
+        set_deadline(c, loom_loop_now(c->ls->loop) + limits(c)->idle_timeout);
+}
+
 static void dispatch(struct loom__http_conn *c)
 {
-    struct loom_http_req *req = &c->req;
-    req->body = loom_buf_str(&c->body);
+    struct rq *r = c->cur;
+    struct loom_http_req *req = &r->req;
+    req->body = loom_buf_str(&r->body);
     if (c->deferred_status) {
-        respond_error_msg(c, c->deferred_status, c->deferred_msg);
+        respond_error_msg(req, c->deferred_status, c->deferred_msg);
     } else {
         loom_trace_set_current(&req->trace);
         req->route->handler(req);
         loom_trace_set_current(NULL);
     }
-    if (c->responded) {
+    if (c->pipe_head || (!r->responded && parallel_route(c))) {
+        pipe_push(c);
+    } else if (r->responded) {
         complete_request(c);
     } else {
         c->state = C_HANDLING;
@@ -737,15 +892,29 @@ static void dispatch(struct loom__http_conn *c)
  * the input cannot be trusted or is not worth reading. */
 static void refuse_and_close(struct loom__http_conn *c, int status, const char *msg)
 {
+    struct rq *r = c->cur;
     c->close_after = true;
-    if (!c->req.method_name.ptr)
-        c->req.method_name = LOOM_STR("-");
-    if (!c->req.start_ns)
-        c->req.start_ns = loom_now_ns();
-    respond_error_msg(c, status, msg);
-    record_request(c);
+    if (!r->req.method_name.ptr)
+        r->req.method_name = LOOM_STR("-");
+    if (!r->req.start_ns)
+        r->req.start_ns = loom_now_ns();
+    respond_error_msg(&r->req, status, msg);
+    if (c->pipe_head) {
+        pipe_push(c); /* answered after the answers before it */
+    } else {
+        record_request(c, r);
+    }
     c->state = C_IDLE; /* nothing more is read: close_after closes once written */
     conn_kick(c);
+}
+
+/* The message being read must wait for the pipeline to empty: read its head again then. */
+static void replay_later(struct loom__http_conn *c)
+{
+    c->in_off = c->msg_start;
+    loom__h1_init(&c->parser, LOOM__H1_REQUEST, &h1_callbacks, c);
+    reset_request(c);
+    c->replay = true;
 }
 
 /* ---- parser callbacks ---- */
@@ -888,12 +1057,12 @@ static int on_headers_complete(void *ud)
 {
     struct loom__http_conn *c = cb_conn(ud);
     struct loom_http_server *s = c->ls->srv;
-    struct loom_http_req *req = &c->req;
+    struct loom_http_req *req = &c->cur->req;
     req->start_ns = loom_now_ns();
 
     /* Copy the head once into the arena; every slice of the request points there. */
     size_t head_len = c->head_end;
-    char *head = loom_arena_memdup(&c->arena, msg_base(c), head_len);
+    char *head = loom_arena_memdup(&c->cur->arena, msg_base(c), head_len);
     if (!head_lines_ok(msg_base(c), c->in.data + c->in.len)) {
         c->refuse_status = 400;
         c->refuse_msg = "bare CR in the request head";
@@ -901,7 +1070,7 @@ static int on_headers_complete(void *ud)
     }
     size_t n = c->hoffs.len / sizeof(struct hoff);
     const struct hoff *ho = (const struct hoff *)(const void *)c->hoffs.data;
-    struct loom_http_header *hs = loom_arena_alloc(&c->arena, (n ? n : 1) * sizeof(*hs));
+    struct loom_http_header *hs = loom_arena_alloc(&c->cur->arena, (n ? n : 1) * sizeof(*hs));
     for (size_t i = 0; i < n; i++) {
         hs[i].name = loom_str_make(head + ho[i].name_off, ho[i].name_len);
         hs[i].value = loom_str_trim(loom_str_make(head + ho[i].value_off, ho[i].value_len));
@@ -919,7 +1088,7 @@ static int on_headers_complete(void *ud)
         m1++;
     req->method_name = loom_str_make(head + m0, m1 - m0);
     req->version_minor = loom__h1_version_minor(&c->parser);
-    c->keepalive = loom__h1_keepalive(&c->parser);
+    c->cur->keepalive = loom__h1_keepalive(&c->parser);
     split_target(req);
 
     bool chunked = loom__h1_chunked(&c->parser);
@@ -983,7 +1152,7 @@ static int on_headers_complete(void *ud)
             defer_refusal(c, 404, "no route for %.*s", LOOM_STR_FMT(req->path));
         }
         for (size_t i = 0; req->route && i < req->match.nparams; i++) {
-            if (loom_http_url_decode(req->match.values[i], false, &c->arena,
+            if (loom_http_url_decode(req->match.values[i], false, &c->cur->arena,
                                      &req->match.values[i])) {
                 defer_refusal(c, 400, "malformed percent-encoding in the path");
                 break;
@@ -1011,6 +1180,10 @@ static int on_headers_complete(void *ud)
         return -1;
     }
     bool stream = req->route && (req->route->flags & LOOM_ROUTE_STREAM) && !c->deferred_status;
+    if (c->pipe_head && (stream || (expect.len && has_body))) {
+        c->replay = true; /* its handler, or its 100, must not go ahead of earlier answers */
+        return -1;
+    }
     if (expect.len && has_body && req->version_minor == 1) {
         /* A streaming handler may answer before it wants the body (an unknown stream, say):
          * the client then never sends it, so the 100 waits for loom_http_req_read_body. */
@@ -1022,7 +1195,7 @@ static int on_headers_complete(void *ud)
         }
     }
     if (clen != UINT64_MAX && clen > 0 && !stream)
-        loom_buf_reserve(&c->body, (size_t)clen);
+        loom_buf_reserve(&c->cur->body, (size_t)clen);
     c->state = C_BODY;
     set_deadline(c, loom_loop_now(c->ls->loop) + limits(c)->idle_timeout);
     if (stream) {
@@ -1040,11 +1213,11 @@ static int on_headers_complete(void *ud)
 static void stream_finish(struct loom__http_conn *c)
 {
     c->body_done = true;
-    if (!c->responded && c->on_end && !c->end_called) {
+    if (!c->cur->responded && c->on_end && !c->end_called) {
         c->end_called = true;
-        c->on_end(&c->req, LOOM_OK, c->body_arg);
+        c->on_end(&c->cur->req, LOOM_OK, c->body_arg);
     }
-    if (c->responded) {
+    if (c->cur->responded) {
         complete_request(c);
     } else {
         c->state = C_HANDLING; /* the handler answers from on_end, or asks for the body later */
@@ -1058,7 +1231,7 @@ static void stream_fail(struct loom__http_conn *c, int status)
 {
     c->close_after = true;
     loom_err e = c->sink_err ? c->sink_err : status == 413 ? LOOM_ETOOBIG : LOOM_EPARSE;
-    if (c->responded) {
+    if (c->cur->responded) {
         conn_kick(c);
         return;
     }
@@ -1066,7 +1239,7 @@ static void stream_fail(struct loom__http_conn *c, int status)
     set_deadline(c, UINT64_MAX);
     if (c->on_end && !c->end_called) {
         c->end_called = true;
-        c->on_end(&c->req, e, c->body_arg);
+        c->on_end(&c->cur->req, e, c->body_arg);
     } else {
         c->body_err = e; /* told when the handler asks for the body */
     }
@@ -1080,16 +1253,16 @@ void loom_http_req_read_body(struct loom_http_req *req, loom_http_body_fn on_dat
     c->on_data = on_data;
     c->on_end = on_end;
     c->body_arg = arg;
-    if (c->continue_owed && !c->responded && !c->closed) {
+    if (c->continue_owed && !c->cur->responded && !c->closed) {
         c->continue_owed = false;
         loom_buf_append_cstr(out_tail(c), "HTTP/1.1 100 Continue\r\n\r\n");
         conn_kick(c);
     }
     loom_err e = c->body_err;
-    if (!e && c->body.len) {
+    if (!e && c->cur->body.len) {
         /* What arrived before the handler asked. */
-        e = on_data(req, loom_buf_str(&c->body), arg);
-        loom_buf_release(&c->body);
+        e = on_data(req, loom_buf_str(&c->cur->body), arg);
+        loom_buf_release(&c->cur->body);
         if (e) {
             c->sink_err = e;
             c->close_after = true;
@@ -1105,7 +1278,7 @@ static int on_body(void *ud, const char *at, size_t len)
 {
     struct loom__http_conn *c = cb_conn(ud);
     c->deadline = loom_loop_now(c->ls->loop) + limits(c)->idle_timeout;
-    if (c->streaming && c->responded)
+    if (c->streaming && c->cur->responded)
         return 0; /* answered early: the rest is read only to be dropped, then we close */
     c->body_seen += len;
     if (c->body_seen > c->body_limit) {
@@ -1114,7 +1287,7 @@ static int on_body(void *ud, const char *at, size_t len)
         return -1;
     }
     if (c->streaming && c->on_data) {
-        loom_err e = c->on_data(&c->req, loom_str_make(at, len), c->body_arg);
+        loom_err e = c->on_data(&c->cur->req, loom_str_make(at, len), c->body_arg);
         if (e) {
             c->sink_err = e;
             c->refuse_status = loom_err_http_status(e);
@@ -1123,7 +1296,7 @@ static int on_body(void *ud, const char *at, size_t len)
         }
         return 0;
     }
-    if (loom_buf_append(&c->body, at, len)) {
+    if (loom_buf_append(&c->cur->body, at, len)) {
         c->refuse_status = 413;
         c->refuse_msg = "request body is larger than this route accepts";
         return -1;
@@ -1134,7 +1307,7 @@ static int on_body(void *ud, const char *at, size_t len)
 static int on_chunk_header(void *ud, uint64_t len)
 {
     struct loom__http_conn *c = cb_conn(ud);
-    if (len > c->body_limit - c->body.len) {
+    if (len > c->body_limit - c->cur->body.len) {
         c->refuse_status = 413;
         c->refuse_msg = "request body is larger than this route accepts";
         return -1;
@@ -1162,22 +1335,33 @@ static const struct loom__h1_callbacks h1_callbacks = {
 
 /* ---- input ---- */
 
+/* Nothing more is read or parsed until a handler answers or the pipeline moves. */
+static bool blocked(const struct loom__http_conn *c)
+{
+    return c->state == C_HANDLING || c->state == C_READY || c->replay || c->npipe >= PIPE_MAX;
+}
+
 static void update_interest(struct loom__http_conn *c)
 {
     if (c->closed)
         return;
-    bool want_read = c->state != C_HANDLING && !c->close_after && !c->peer_eof &&
+    bool want_read = !blocked(c) && !c->close_after && !c->peer_eof &&
                      output_backlog(c) < limits(c)->max_pending_out;
     unsigned ev = c->io.events & LOOM_IO_WRITE;
-    if (want_read || c->state == C_HANDLING)
-        ev |= LOOM_IO_READ; /* while handling: only to notice the client leaving (see on_io) */
+    if (want_read || blocked(c))
+        ev |= LOOM_IO_READ; /* while blocked: only to notice the client leaving (see on_io) */
     loom_io_start(&c->io, ev);
 }
 
 static void process_input(struct loom__http_conn *c)
 {
+    if (!c->pipe_head) {
+        c->replay = false;
+        if (c->state == C_READY && !c->closed)
+            dispatch(c); /* it waited for the pipeline to empty */
+    }
     /* A file body goes out after everything queued before it: answer nothing more until it has. */
-    while (!c->closed && !c->close_after && c->state != C_HANDLING && c->in_off < c->in.len &&
+    while (!c->closed && !c->close_after && !blocked(c) && c->in_off < c->in.len &&
            c->file_fd < 0 && output_backlog(c) < limits(c)->max_pending_out) {
         if (c->state == C_IDLE) {
             c->msg_start = c->in_off;
@@ -1188,6 +1372,10 @@ static void process_input(struct loom__http_conn *c)
             loom__h1_execute(&c->parser, c->in.data + c->in_off, c->in.len - c->in_off, &used);
         c->in_off += used;
         if (st == LOOM__H1_ERROR) {
+            if (c->replay) {
+                replay_later(c);
+                break;
+            }
             int status = c->refuse_status ? c->refuse_status : 400;
             if (c->streaming) {
                 stream_fail(c, status);
@@ -1211,8 +1399,9 @@ static void process_input(struct loom__http_conn *c)
         }
         if (c->streaming)
             stream_finish(c);
-        else
+        else if (!c->pipe_head || c->deferred_status || parallel_route(c))
             dispatch(c);
+        /* else C_READY: dispatched when the pipeline is empty */
     }
     /* Compact: keep only the unparsed bytes, and the current head if it is incomplete (its
      * offsets are relative to msg_start, so moving it is safe). */
@@ -1225,10 +1414,10 @@ static void process_input(struct loom__http_conn *c)
     update_interest(c);
 }
 
-static void abort_request(struct loom__http_conn *c)
+static void abort_request(struct rq *r)
 {
-    struct abort_hook *h = c->abort_hooks;
-    c->abort_hooks = NULL;
+    struct abort_hook *h = r->abort_hooks;
+    r->abort_hooks = NULL;
     for (; h; h = h->next)
         h->fn(h->arg);
 }
@@ -1268,8 +1457,8 @@ static void on_io(struct loom_io *io, unsigned events)
     }
     if (c->closed || !(events & (LOOM_IO_READ | LOOM_IO_HUP | LOOM_IO_ERROR)))
         return;
-    if (c->state == C_HANDLING) {
-        /* The handler has the request; the only thing to learn now is whether the client left.
+    if (blocked(c)) {
+        /* A handler has the request; the only thing to learn now is whether the client left.
          * Peek so that pipelined bytes stay in the socket. */
         char b;
         ssize_t n = recv(c->fd, &b, 1, MSG_PEEK);
@@ -1301,7 +1490,9 @@ static void on_io(struct loom_io *io, unsigned events)
         return;
     /* EOF or error: answers already queued are still sent if the socket allows. */
     c->peer_eof = true;
-    if (output_pending(c) && n == 0) {
+    /* Answers already given still go out; requests still with their handlers are for a client
+     * that left (as a blocked connection learns with its peek). */
+    if ((output_pending(c) || c->pipe_head) && !pipe_unanswered(c) && n == 0) {
         c->close_after = true;
         update_interest(c);
         return;
@@ -1329,8 +1520,9 @@ static void on_timer(struct loom_timer *t)
     }
     bool partial = c->state == C_HEAD || c->state == C_BODY || c->in_off < c->in.len;
     if (!partial) {
-        conn_close(c); /* idle keep-alive connection */
-        return;
+        if (!c->pipe_head)
+            conn_close(c); /* idle keep-alive connection */
+        return;            /* else the handlers have its requests */
     }
     refuse_and_close(c, 408,
                      c->state == C_BODY ? "request body not received in time"
@@ -1342,14 +1534,20 @@ static void on_timer(struct loom_timer *t)
 static void conn_free(struct loom_task *task)
 {
     struct loom__http_conn *c = LOOM_CONTAINER_OF(task, struct loom__http_conn, free_task);
-    loom_arena_release(&c->arena);
     loom_buf_release(&c->in);
     loom_buf_release(&c->out);
     loom_buf_release(&c->out_big);
     file_done(c);
-    loom_buf_release(&c->body);
-    loom_buf_release(&c->resp_headers);
     loom_buf_release(&c->hoffs);
+    rq_free(c->cur);
+    for (struct rq *r = c->pipe_head, *next; r; r = next) {
+        next = r->next;
+        rq_free(r);
+    }
+    for (struct rq *r = c->spares, *next; r; r = next) {
+        next = r->next;
+        rq_free(r);
+    }
     free(c);
 }
 
@@ -1398,16 +1596,25 @@ static void conn_close(struct loom__http_conn *c)
     ls->nconns--;
     atomic_fetch_sub(&ls->srv->nconns, 1);
     loom_gauge_sub(ls->srv->m_connections, 1);
-    if (c->streaming && !c->responded && c->on_end && !c->end_called) {
+    if (c->streaming && !c->cur->responded && c->on_end && !c->end_called) {
         c->end_called = true;
-        c->on_end(&c->req, LOOM_ECLOSED, c->body_arg); /* the handler answers (discarded) */
+        c->on_end(&c->cur->req, LOOM_ECLOSED, c->body_arg); /* the handler answers (discarded) */
     }
-    if ((c->state == C_HANDLING || c->streaming) && !c->responded) {
-        /* The handler still holds the request: free once it answers (see conn_kick). */
-        abort_request(c);
-    } else {
+    /* Handlers that still hold requests are told; the connection is freed once they answer
+     * (see kick_task). */
+    bool held_by_handler = false;
+    if ((c->state == C_HANDLING || c->streaming) && !c->cur->responded) {
+        held_by_handler = true;
+        abort_request(c->cur);
+    }
+    for (struct rq *r = c->pipe_head; r; r = r->next) {
+        if (!r->responded) {
+            held_by_handler = true;
+            abort_request(r);
+        }
+    }
+    if (!held_by_handler)
         loom_loop_defer(ls->loop, &c->free_task, conn_free);
-    }
     if (!ls->draining && !ls->accepting)
         listener_accept_resume(ls);
     listener_check_drained(ls);
@@ -1417,13 +1624,14 @@ static void kick_task(struct loom_task *task)
 {
     struct loom__http_conn *c = LOOM_CONTAINER_OF(task, struct loom__http_conn, kick_task);
     c->kick_pending = false;
-    if ((c->state == C_HANDLING || (c->streaming && c->state == C_BODY)) && c->responded) {
+    if ((c->state == C_HANDLING || (c->streaming && c->state == C_BODY)) && c->cur->responded) {
         if (c->state == C_BODY)
             c->close_after = true; /* answered before the body ended: do not read the rest */
         complete_request(c);
     }
+    pipe_advance(c);
     if (c->closed) {
-        if (c->state == C_IDLE)
+        if (c->state != C_HANDLING && !c->streaming && !c->pipe_head)
             loom_loop_defer(c->ls->loop, &c->free_task, conn_free);
         return;
     }
@@ -1449,10 +1657,8 @@ static void conn_new(struct listener *ls, int fd)
     loom_buf_init(&c->out, 0);
     loom_buf_init(&c->out_big, 0);
     c->file_fd = -1;
-    loom_buf_init(&c->body, 0);
-    loom_buf_init(&c->resp_headers, 64 * 1024);
     loom_buf_init(&c->hoffs, 0);
-    loom_arena_init(&c->arena, 4096);
+    c->cur = rq_new(c);
     loom__h1_init(&c->parser, LOOM__H1_REQUEST, &h1_callbacks, c);
     reset_request(c);
     loom_io_init(&c->io, ls->loop, fd, on_io);
@@ -1662,7 +1868,7 @@ void loom_http_server_drain(struct loom_http_server *s, struct loom_loop *loop,
     while (c) {
         struct loom__http_conn *next = c->next;
         /* Busy connections finish their request: its response says Connection: close. */
-        if (c->state == C_IDLE && c->in_off == c->in.len && !output_pending(c))
+        if (c->state == C_IDLE && c->in_off == c->in.len && !output_pending(c) && !c->pipe_head)
             conn_close(c);
         c = next;
     }

@@ -76,6 +76,11 @@ struct loom_route {
 /* The handler runs as soon as the head is complete and reads the body as it arrives, with
  * loom_http_req_read_body (uploads hashed and written while they stream, never held whole). */
 #define LOOM_ROUTE_STREAM 1u
+/* Its requests have no effect a later request could depend on (an inference, say): pipelined on
+ * one connection, the next is read and dispatched while the handler still has this one, so they
+ * are handled together; the answers still leave in the order the requests came (RFC 9112 9.3.2
+ * allows this for safe methods, and the route vouches that it is as good as safe). */
+#define LOOM_ROUTE_PARALLEL 2u
 
 struct loom_router;
 

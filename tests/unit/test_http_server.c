@@ -101,6 +101,77 @@ static void h_post_only(struct loom_http_req *req)
     loom_http_respond(req, 201, NULL, LOOM_STR_NULL);
 }
 
+/* ---- a parallel route (LOOM_ROUTE_PARALLEL) ---- */
+
+/* /par/{id}: answers "{id}" and the body after X-Delay-Ms (0: at once), and keeps a log of
+ * dispatches ("d1"), answers ("a1") and /seq's dispatches ("s"), and the most handlers that
+ * held a request at once. */
+static char par_log[512];
+static int par_holding, par_max_holding;
+static atomic_int par_aborted;
+
+struct par {
+    struct loom_timer t;
+    struct loom_http_req *req;
+};
+
+static void par_log_add(const char *what, struct loom_str id)
+{
+    size_t n = strlen(par_log);
+    snprintf(par_log + n, sizeof(par_log) - n, "%s%s%.*s", n ? " " : "", what, LOOM_STR_FMT(id));
+}
+
+static void par_answer(struct loom_http_req *req)
+{
+    struct loom_str id = loom_http_req_param(req, "id");
+    par_log_add("a", id);
+    char out[128];
+    int n = snprintf(out, sizeof(out), "%.*s%.*s", LOOM_STR_FMT(id), LOOM_STR_FMT(req->body));
+    loom_http_respond(req, 200, "text/plain", loom_str_make(out, (size_t)n));
+}
+
+static void par_fire(struct loom_timer *t)
+{
+    struct par *p = LOOM_CONTAINER_OF(t, struct par, t);
+    par_holding--;
+    if (!loom_http_req_is_aborted(p->req))
+        par_answer(p->req);
+    else
+        loom_http_respond(p->req, 200, NULL, LOOM_STR_NULL);
+}
+
+static void par_abort(void *arg)
+{
+    LOOM_UNUSED(arg);
+    atomic_fetch_add(&par_aborted, 1);
+}
+
+static void h_par(struct loom_http_req *req)
+{
+    par_log_add("d", loom_http_req_param(req, "id"));
+    struct loom_str d = loom_http_req_header(req, "x-delay-ms");
+    int ms = 0;
+    for (size_t i = 0; i < d.len; i++)
+        ms = ms * 10 + (d.ptr[i] - '0');
+    if (ms == 0) {
+        par_answer(req);
+        return;
+    }
+    struct par *p = loom_arena_new(req->arena, struct par);
+    p->req = req;
+    loom_timer_init(&p->t, req->loop, par_fire);
+    loom_timer_start(&p->t, (uint64_t)ms * LOOM_NS_PER_MS, 0);
+    loom_http_req_on_abort(req, par_abort, NULL);
+    if (++par_holding > par_max_holding)
+        par_max_holding = par_holding;
+}
+
+static void h_seq(struct loom_http_req *req)
+{
+    par_log_add("s", LOOM_STR(""));
+    loom_http_respond(req, 200, "text/plain", LOOM_STR("seq"));
+}
+
 /* ---- streaming bodies ---- */
 
 struct upload {
@@ -196,6 +267,9 @@ static const struct loom_route routes[] = {
     { LOOM_HTTP_PUT, "/upload", h_upload, 1 << 20, LOOM_ROUTE_STREAM },
     { LOOM_HTTP_GET, "/file/{which}", h_file, 0, 0 },
     { LOOM_HTTP_GET, "/proxied", h_proxied_head, 0, 0 },
+    { LOOM_HTTP_GET, "/par/{id}", h_par, 0, LOOM_ROUTE_PARALLEL },
+    { LOOM_HTTP_POST, "/par/{id}", h_par, 0, LOOM_ROUTE_PARALLEL },
+    { LOOM_HTTP_GET, "/seq", h_seq, 0, 0 },
 };
 
 /* ---- the server thread ---- */
@@ -420,6 +494,139 @@ static void test_pipelining(void)
     free(r2);
     free(r3);
     free(r4);
+    close(fd);
+}
+
+/* The log and the holding count are the server thread's: read them once it is quiet. */
+static void par_reset(void)
+{
+    usleep(20000);
+    par_log[0] = '\0';
+    par_holding = par_max_holding = 0;
+    atomic_store(&par_aborted, 0);
+}
+
+#define PAR(id, ms) "GET /par/" #id " HTTP/1.1\r\nHost: x\r\nX-Delay-Ms: " #ms "\r\n\r\n"
+
+static void test_parallel_pipelining(void)
+{
+    /* Requests to a parallel route are all dispatched before the first is answered; the
+     * answers, given in the reverse order, leave in the order the requests came. */
+    par_reset();
+    int fd = dial();
+    uint64_t t0 = loom_now_ns();
+    send_str(
+        fd,
+        PAR(1, 80) PAR(2, 40) PAR(
+            3,
+            0) "POST /par/4 HTTP/1.1\r\nHost: x\r\nX-Delay-Ms: 10\r\nContent-Length: 3\r\n\r\nxyz");
+    const char *want[] = { "1", "2", "3", "4xyz" };
+    for (int i = 0; i < 4; i++) {
+        char *r = read_response(fd);
+        CHECK_INT(status_of(r), 200);
+        CHECK_STR(body_of(r), want[i]);
+        free(r);
+    }
+    uint64_t took = loom_now_ns() - t0;
+    CHECK(took < 120 * LOOM_NS_PER_MS); /* together: 80 ms, not 80 + 40 + 10 */
+    usleep(10000);
+    CHECK_STR(par_log, "d1 d2 d3 a3 d4 a4 a2 a1");
+    CHECK_INT(par_max_holding, 3);
+
+    /* A request to another route waits until every answer before it is out; so does a
+     * streaming one and one expecting 100 Continue (their heads are read again then). */
+    par_reset();
+    send_str(
+        fd,
+        PAR(5, 30) "GET /seq HTTP/1.1\r\nHost: x\r\n\r\n" PAR(6, 10) "PUT /upload "
+                                                                     "HTTP/1.1\r\nHost: "
+                                                                     "x\r\nContent-Length: "
+                                                                     "5\r\n\r\nhello" PAR(
+                                                                         7, 20) "POST /echo "
+                                                                                "HTTP/1.1\r\nHost: "
+                                                                                "x\r\nExpect: "
+                                                                                "100-continue\r\n"
+                                                                                "Content-Length: "
+                                                                                "2\r\n\r\nok" PAR(
+                                                                                    8, 0));
+    char *r = read_response(fd);
+    CHECK_STR(body_of(r), "5");
+    free(r);
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "seq");
+    free(r);
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "6");
+    free(r);
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 201);
+    CHECK_STR(body_of(r), "5 99162322"); /* the whole body reached the stream */
+    free(r);
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "7");
+    free(r);
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 100);
+    free(r);
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "ok");
+    free(r);
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "8");
+    free(r);
+    usleep(10000);
+    CHECK_STR(par_log, "d5 a5 s d6 a6 d7 a7 d8 a8");
+
+    /* Refusals take their place in line; Connection: close ends the line after its answer. */
+    par_reset();
+    send_str(
+        fd,
+        PAR(9, 30) "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                   "GET /par/10 HTTP/1.1\r\nHost: x\r\nX-Delay-Ms: 10\r\nConnection: close\r\n\r\n"
+                   "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "9");
+    CHECK(strstr(r, "Connection: close") == NULL);
+    free(r);
+    r = read_response(fd);
+    CHECK_INT(status_of(r), 404);
+    CHECK(strstr(r, "Connection: close") == NULL);
+    free(r);
+    r = read_response(fd);
+    CHECK_STR(body_of(r), "10");
+    CHECK_CONTAINS(r, "Connection: close");
+    free(r);
+    CHECK(peer_closed(fd)); /* /hello, after the close, is not answered */
+    close(fd);
+
+    /* A client that leaves with requests in hand: every handler is told. */
+    par_reset();
+    fd = dial();
+    send_str(fd, PAR(11, 100) PAR(12, 100) PAR(13, 100));
+    usleep(20000);
+    close(fd);
+    usleep(150000);
+    CHECK_INT(atomic_load(&par_aborted), 3);
+
+    /* Many more than the pipeline holds at once: all answered, in order. */
+    par_reset();
+    fd = dial();
+    struct loom_buf b;
+    loom_buf_init(&b, 0);
+    for (int i = 0; i < 100; i++)
+        loom_buf_printf(&b, "GET /par/%d HTTP/1.1\r\nHost: x\r\nX-Delay-Ms: %d\r\n\r\n", i,
+                        1 + (i * 7) % 5);
+    send_all(fd, b.data, b.len);
+    loom_buf_release(&b);
+    for (int i = 0; i < 100; i++) {
+        r = read_response(fd);
+        char want_id[8];
+        snprintf(want_id, sizeof(want_id), "%d", i);
+        CHECK_STR(body_of(r), want_id);
+        free(r);
+    }
+    CHECK(par_max_holding > 1);
+    CHECK(par_max_holding <= 32);
     close(fd);
 }
 
@@ -1142,6 +1349,7 @@ int main(void)
     RUN(test_fragments);
     RUN(test_pipelining);
     RUN(test_pipelining_10k);
+    RUN(test_parallel_pipelining);
     RUN(test_chunked_body);
     RUN(test_expect_continue);
     RUN(test_bad_requests);
