@@ -1519,6 +1519,8 @@ static void on_timer(struct loom_timer *t)
         return;
     }
     bool partial = c->state == C_HEAD || c->state == C_BODY || c->in_off < c->in.len;
+    if (c->pipe_head && blocked(c))
+        return; /* what it has read waits for the handlers, not for the client */
     if (!partial) {
         if (!c->pipe_head)
             conn_close(c); /* idle keep-alive connection */
