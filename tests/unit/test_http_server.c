@@ -596,11 +596,11 @@ static void test_parallel_pipelining(void)
     CHECK(peer_closed(fd)); /* /hello, after the close, is not answered */
     close(fd);
 
-    /* Waiting on a slow handler past the header timeout (300 ms here) is not the client's
-     * slowness: what was read waits, and is answered. */
+    /* Waiting on a slow handler past the timeouts (300 ms for a head, 500 ms idle here) is not the
+     * client's slowness: what was read waits, and is answered. */
     par_reset();
     fd = dial();
-    send_str(fd, PAR(14, 400) "GET /seq HTTP/1.1\r\nHost: x\r\n\r\n"
+    send_str(fd, PAR(14, 700) "GET /seq HTTP/1.1\r\nHost: x\r\n\r\n"
                               "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
     const char *slow[] = { "14", "seq", "hello" };
     for (int i = 0; i < 3; i++) {
