@@ -1,27 +1,47 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The HTTP/1.1 client: upstreams, their per-address keep-alive pools, retries, the retry budget
- * and the circuit breaker, and the blocking loom_http_fetch.
+ * The HTTP/1.1 client: upstreams, their per-address keep-alive pools, request pipelining, retries,
+ * the retry budget and the circuit breaker, and the blocking loom_http_fetch.
  *
  * A call (one request, all its attempts) is a pooled struct that keeps its buffers between uses,
  * so the steady state of a busy upstream allocates nothing: the request head is serialised once
  * into the call at submission and every attempt sends it with writev as [request line][Host line
  * of the chosen address][other headers][borrowed body]. A connection belongs to an address and
- * is, at any time, connecting, active (carrying exactly one call) or idle in its address's LIFO
- * stack; idle ones stay registered for reading so that a server closing them is noticed at once,
- * are checked again with a peek when taken, and are closed by one sweep timer per upstream when
- * they have been idle too long. Responses are read through one shared buffer per upstream (all
- * of it runs on one thread, and the parser copies what it keeps into the call). Each call has one
- * timer for its deadline, its connect and per-try timeouts and its backoff: it is re-armed at the
- * nearest of those whenever the call changes state. Failures found while a request is being
- * submitted are delivered from that timer too, so the callback never runs inside
- * loom_http_upstream_request.
+ * is, at any time, connecting, active (carrying an ordered queue of calls) or idle in its
+ * address's LIFO stack; idle ones stay registered for reading so that a server closing them is
+ * noticed at once, are checked again with a peek when taken, and are closed by one sweep timer
+ * per upstream when they have been idle too long. Responses are read through one shared buffer
+ * per upstream (all of it runs on one thread, and the parser copies what it keeps into the call).
+ * Each call has one timer for its deadline, its connect and per-try timeouts and its backoff: it
+ * is re-armed at the nearest of those whenever the call changes state. Failures found while a
+ * request is being submitted are delivered from that timer too, so the callback never runs inside
+ * loom_http_upstream_request; outcomes found while a connection event is handled wait in a ready
+ * list until the connection is left consistent, then run in order.
+ *
+ * Without pipelining (pipeline_depth 1, the default) a connection carries exactly one call. With
+ * a depth above 1, idempotent calls share connections: a call joins its address's "open"
+ * connection (the one last given a pipelined call, while it has fewer than depth in flight), else
+ * takes an idle one, else opens one; a call that is not idempotent still has a connection of its
+ * own. Requests are not written at once but by a flush task at the end of the loop iteration, so
+ * that the calls of one iteration leave in one writev; responses are matched to the queue in
+ * order, and bytes left after one response belong to the next. When the connection fails, its
+ * head call is judged as ever and every other call on it is sent again at once as neither success
+ * nor failure, without drawing on the retry budget; such a re-send counts against max_attempts
+ * only if its request had been written (the server may have run it) and the fault was not the
+ * server's announced close. A response that ends the connection (Connection: close, HTTP/1.0)
+ * sends the calls behind it again the same way. A call that times out closes its connection and
+ * the others on it are sent again. Cancelling a pipelined call whose request was written whole
+ * keeps it in the queue as a placeholder whose response is read and dropped (bounded by the
+ * call's own deadline, after which the connection is closed); one not yet written leaves the
+ * queue; one written in part closes the connection, since its body is the caller's only until the
+ * callback, and the others are sent again. A connection returns to the pool once its queue is
+ * empty.
  *
  * The breaker counts consecutive failures per address (connect errors, resets, timeouts,
- * malformed responses and the configured failure statuses). A connection reused from the pool
- * that closes before any byte of the response is a keep-alive race rather than a sick server: it
- * counts as neither success nor failure, and the request is retried only if it is idempotent,
- * like any other request whose bytes were written.
+ * malformed responses and the configured failure statuses). A keep-alive connection (one that
+ * already carried a complete exchange) that closes before any byte of the response is a
+ * keep-alive race rather than a sick server: it counts as neither success nor failure, and the
+ * request is retried only if it is idempotent, like any other request whose bytes were written.
  */
 #include "internal.h"
 
@@ -53,7 +73,9 @@ enum call_state {
     CALL_ACTIVE,     /* an attempt writes its request and reads the response */
     CALL_BACKOFF,    /* waiting before the next attempt */
     CALL_DELIVER,    /* the outcome is known; the timer runs the callback */
+    CALL_READY,      /* the outcome is known; the callback runs once the event is handled */
     CALL_DONE,       /* the callback is running */
+    CALL_DISCARD,    /* cancelled with its request on the wire: its response is read, dropped */
 };
 
 enum conn_state { CONN_CONNECTING, CONN_ACTIVE, CONN_IDLE };
@@ -74,6 +96,7 @@ struct addr {
     char *host_line; /* "Host: NAME\r\n" */
     size_t host_line_len;
     struct conn *idle_head, *idle_tail; /* most recently used first */
+    struct conn *open;                  /* the connection pipelined calls join while it has room */
     size_t nidle, nconns, outstanding;
     enum loom_http_addr_state state;
     unsigned consecutive_failures, ejections_in_a_row;
@@ -86,17 +109,24 @@ struct addr {
 struct conn {
     struct loom_io io;
     struct addr *addr;
-    struct conn *prev, *next; /* the idle stack */
-    struct loom_http_call *call;
+    struct conn *prev, *next;           /* the idle stack */
+    struct conn *fprev, *fnext;         /* the upstream's flush queue */
+    struct loom_http_call *head, *tail; /* calls in flight in request order; head's is read */
+    struct loom_http_call *unsent;      /* the first call not written whole, or NULL */
+    size_t ncalls;
+    uint64_t responses; /* complete responses read here: a keep-alive connection once > 0 */
     struct loom__h1_parser parser;
     uint64_t idle_since;
     int write_errno;
     enum conn_state state;
+    bool pipelined; /* carries idempotent calls of an upstream that pipelines */
+    bool flush_queued;
 };
 
 struct loom_http_call {
     struct loom_http_upstream *up;
-    struct loom_http_call *prev, *next; /* in flight (doubly linked) or free (next only) */
+    struct loom_http_call *prev, *next; /* in flight or discarded (doubly linked), free (next) */
+    struct loom_http_call *qnext;       /* its connection's queue, or the ready list */
     uint64_t gen;
     enum call_state state;
     bool in_submit;
@@ -120,7 +150,9 @@ struct loom_http_call {
     struct conn *conn;
     bool probe, reused, wrote_any, got_bytes;
     bool stale_retried; /* the one free retry after a reused connection closed was taken */
-    bool fresh;         /* the next attempt opens a new connection */
+    bool fresh;         /* the next attempt takes no idle connection */
+    bool free_attempt;  /* the next attempt is a re-send that max_attempts does not count */
+    bool discard;       /* cancelled, but kept in its connection's queue (conn_forget) */
     size_t sent, total;
     uint64_t connect_deadline, try_deadline, backoff_until;
 
@@ -161,12 +193,31 @@ struct loom_http_upstream {
     size_t *scratch;                   /* candidate indices for pick() */
     struct loom_http_call *calls;      /* in flight */
     struct loom_http_call *free_calls; /* the pool */
+    struct loom_http_call *discarded;  /* CALL_DISCARD */
     struct loom_timer sweep;           /* closes idle connections past idle_timeout */
+    /* Outcomes found while a batch runs wait here (CALL_READY, in order): see batch_begin. */
+    struct loom_http_call *ready_head, *ready_tail;
+    unsigned batch;
+    bool draining;
+    /* Pipelining. */
+    unsigned depth;          /* pipeline_depth, at least 1 */
+    struct flusher *flusher; /* NULL without pipelining */
+    struct conn *flush_head; /* connections with requests to write */
+    bool flush_pending;      /* the flush task is queued on the loop */
+    struct iovec *iov;       /* niov entries, for conn_send */
+    size_t niov;
     struct budget budget;
     char *rbuf; /* READ_BUF_SIZE bytes shared by every connection */
     bool closing;
     uint64_t nrequests, nretries, nretries_denied;
     size_t inflight;
+};
+
+/* The end-of-iteration task that writes pipelined requests. Apart from the upstream so that an
+ * upstream freed while the task is queued can leave it behind, to free itself when it runs. */
+struct flusher {
+    struct loom_task task;
+    struct loom_http_upstream *up; /* NULL once the upstream is gone */
 };
 
 static const int default_statuses[] = { 502, 503, 504 };
@@ -255,16 +306,115 @@ static void idle_unlink(struct conn *c)
     a->nidle--;
 }
 
+static void flush_unlink(struct conn *c)
+{
+    struct loom_http_upstream *up = c->addr->up;
+    if (!c->flush_queued)
+        return;
+    if (c->fprev)
+        c->fprev->fnext = c->fnext;
+    else
+        up->flush_head = c->fnext;
+    if (c->fnext)
+        c->fnext->fprev = c->fprev;
+    c->fprev = c->fnext = NULL;
+    c->flush_queued = false;
+}
+
+static void queue_push(struct conn *c, struct loom_http_call *call)
+{
+    call->qnext = NULL;
+    if (c->tail)
+        c->tail->qnext = call;
+    else
+        c->head = call;
+    c->tail = call;
+    if (!c->unsent)
+        c->unsent = call;
+    c->ncalls++;
+    call->conn = c;
+}
+
+static struct loom_http_call *queue_pop(struct conn *c)
+{
+    struct loom_http_call *call = c->head;
+    c->head = call->qnext;
+    if (!c->head)
+        c->tail = NULL;
+    if (c->unsent == call)
+        c->unsent = call->qnext;
+    call->qnext = NULL;
+    c->ncalls--;
+    return call;
+}
+
+/* Take a call that was never written out of the queue, wherever it stands. */
+static void queue_remove(struct conn *c, struct loom_http_call *call)
+{
+    struct loom_http_call **p = &c->head, *prev = NULL;
+    while (*p != call) {
+        prev = *p;
+        p = &prev->qnext;
+    }
+    *p = call->qnext;
+    if (c->tail == call)
+        c->tail = prev;
+    if (c->unsent == call)
+        c->unsent = call->qnext;
+    call->qnext = NULL;
+    c->ncalls--;
+    call->conn = NULL;
+}
+
+static void discard_release(struct loom_http_call *call);
+static void resubmit(struct loom_http_call *call, bool charge, const char *why);
+
 /* Close and free at once: every caller returns without touching `c` again, and loom_io_stop
- * drops events already collected for it. */
+ * drops events already collected for it. Only placeholders of cancelled calls may be left in
+ * its queue: they go back to the pool. */
 static void conn_close(struct conn *c)
 {
+    struct addr *a = c->addr;
     if (c->state == CONN_IDLE)
         idle_unlink(c);
+    flush_unlink(c);
+    if (a->open == c)
+        a->open = NULL;
+    while (c->head) {
+        struct loom_http_call *call = queue_pop(c);
+        call->conn = NULL;
+        if (call->state == CALL_DISCARD)
+            discard_release(call);
+    }
     loom_io_stop(&c->io);
     close(c->io.fd);
-    c->addr->nconns--;
+    a->nconns--;
     free(c);
+}
+
+/*
+ * Close `c` after a failure that belongs to `except` (or to none of its calls): every other call
+ * on it is sent again (see resubmit; `charge` and `why` are passed on), placeholders dropped.
+ */
+static void conn_abort(struct conn *c, struct loom_http_call *except, bool charge, const char *why)
+{
+    struct loom_http_call *list = c->head;
+    c->head = c->tail = c->unsent = NULL;
+    c->ncalls = 0;
+    conn_close(c);
+    while (list) {
+        struct loom_http_call *call = list;
+        list = call->qnext;
+        call->qnext = NULL;
+        call->conn = NULL;
+        if (call == except)
+            continue;
+        if (call->state == CALL_DISCARD)
+            discard_release(call);
+        else if (call->state == CALL_CONNECTING || call->state == CALL_ACTIVE)
+            resubmit(call, charge, why);
+        /* else a placeholder whose cancel callback is running: deliver recycles it */
+    }
 }
 
 static void close_idle(struct addr *a)
@@ -293,6 +443,34 @@ static struct conn *conn_open(struct addr *a, struct loom_error *err)
     return c;
 }
 
+/* The connection a pipelined call to `a` joins, or NULL. */
+static struct conn *open_conn(struct addr *a)
+{
+    struct conn *c = a->open;
+    return c && c->ncalls < a->up->depth && !c->write_errno ? c : NULL;
+}
+
+static void on_flush(struct loom_task *task);
+
+/* Have `c`'s unwritten requests written at the end of this loop iteration, with whatever else
+ * is queued on it by then. */
+static void flush_queue(struct conn *c)
+{
+    struct loom_http_upstream *up = c->addr->up;
+    if (c->flush_queued || (c->io.events & LOOM_IO_WRITE))
+        return; /* queued already, or waiting for the socket, which writes everything */
+    c->flush_queued = true;
+    c->fprev = NULL;
+    c->fnext = up->flush_head;
+    if (up->flush_head)
+        up->flush_head->fprev = c;
+    up->flush_head = c;
+    if (!up->flush_pending) {
+        up->flush_pending = true;
+        loom_loop_defer(up->loop, &up->flusher->task, on_flush);
+    }
+}
+
 static void sweep_arm(struct loom_http_upstream *up)
 {
     uint64_t next = UINT64_MAX;
@@ -315,12 +493,15 @@ static void on_sweep(struct loom_timer *t)
     sweep_arm(up);
 }
 
-/* Keep a connection whose exchange completed cleanly, or close it if the pool is full. */
+/* Keep a connection whose exchanges all completed cleanly, or close it if the pool is full. */
 static void pool_put(struct conn *c)
 {
     struct addr *a = c->addr;
     struct loom_http_upstream *up = a->up;
-    c->call = NULL;
+    flush_unlink(c);
+    if (a->open == c)
+        a->open = NULL;
+    c->pipelined = false;
     if (a->nidle >= up->cfg.max_idle_per_address || a->state == LOOM_HTTP_ADDR_EJECTED ||
         up->closing || loom_io_start(&c->io, LOOM_IO_READ)) {
         conn_close(c);
@@ -345,7 +526,7 @@ static void pool_put(struct conn *c)
  * watched, so a close is normally seen before reuse; only one that lands between the loop's
  * last wait and now can slip through. For a request that may not be retried (not idempotent)
  * a peek closes that window; an idempotent one saves the system call (one in five on the
- * proxy's path) and is retried on a fresh connection if it hits such a close.
+ * proxy's path) and is retried, not from the pool, if it hits such a close.
  */
 static struct conn *pool_get(struct addr *a, bool peek)
 {
@@ -503,6 +684,26 @@ static void reset_response(struct loom_http_call *call)
 
 static void on_call_timer(struct loom_timer *t);
 
+static void list_push(struct loom_http_call **head, struct loom_http_call *call)
+{
+    call->prev = NULL;
+    call->next = *head;
+    if (*head)
+        (*head)->prev = call;
+    *head = call;
+}
+
+static void list_unlink(struct loom_http_call **head, struct loom_http_call *call)
+{
+    if (call->prev)
+        call->prev->next = call->next;
+    else
+        *head = call->next;
+    if (call->next)
+        call->next->prev = call->prev;
+    call->prev = call->next = NULL;
+}
+
 static struct loom_http_call *call_get(struct loom_http_upstream *up)
 {
     struct loom_http_call *call = up->free_calls;
@@ -518,29 +719,24 @@ static struct loom_http_call *call_get(struct loom_http_upstream *up)
         loom_buf_init(&call->rbody, up->cfg.max_body_bytes);
         loom_timer_init(&call->timer, up->loop, on_call_timer);
     }
-    call->prev = NULL;
-    call->next = up->calls;
-    if (up->calls)
-        up->calls->prev = call;
-    up->calls = call;
+    list_push(&up->calls, call);
+    call->qnext = NULL;
     call->attempts = 0;
     call->addr = call->last_addr = NULL;
     call->conn = NULL;
     call->probe = false;
+    call->stale_retried = false;
+    call->free_attempt = false;
+    call->discard = false;
     call->err = LOOM_OK;
     call->msg[0] = '\0';
     return call;
 }
 
-static void call_release(struct loom_http_call *call)
+/* Back to the pool, from any list but the in-flight one. */
+static void call_recycle(struct loom_http_call *call)
 {
     struct loom_http_upstream *up = call->up;
-    if (call->prev)
-        call->prev->next = call->next;
-    else
-        up->calls = call->next;
-    if (call->next)
-        call->next->prev = call->prev;
     loom_timer_stop(&call->timer);
     release_big(&call->head);
     release_big(&call->rhead);
@@ -555,6 +751,19 @@ static void call_release(struct loom_http_call *call)
     call->prev = NULL;
     call->next = up->free_calls;
     up->free_calls = call;
+}
+
+static void call_release(struct loom_http_call *call)
+{
+    list_unlink(&call->up->calls, call);
+    call_recycle(call);
+}
+
+/* A placeholder's response was read, or its connection closed. */
+static void discard_release(struct loom_http_call *call)
+{
+    list_unlink(&call->up->discarded, call);
+    call_recycle(call);
 }
 
 static void call_free_mem(struct loom_http_call *call)
@@ -579,6 +788,7 @@ static void call_arm(struct loom_http_call *call)
         t = LOOM_MIN(call->deadline, LOOM_MIN(call->connect_deadline, call->try_deadline));
         break;
     case CALL_ACTIVE:
+    case CALL_DISCARD:
         t = LOOM_MIN(call->deadline, call->try_deadline);
         break;
     case CALL_BACKOFF:
@@ -614,19 +824,87 @@ static void deliver(struct loom_http_call *call)
     }
     up->inflight--;
     call->cb(&r, call->arg);
+    if (call->discard && call->conn) {
+        /* Cancelled in a pipeline with its request written (conn_forget): it stays in its
+         * connection's queue, under a new generation, until its response has been read. Its
+         * deadline still bounds the wait. */
+        list_unlink(&up->calls, call);
+        call->cb = NULL;
+        call->arg = NULL;
+        call->body = LOOM_STR_NULL;
+        call->gen++;
+        call->state = CALL_DISCARD;
+        list_push(&up->discarded, call);
+        call_arm(call);
+        return;
+    }
     call_release(call);
 }
 
-/* The call's outcome is final: run the callback now, or from the timer if the call is still
- * being submitted. */
+/* The call's outcome is final: run the callback now; from the timer if the call is still being
+ * submitted; after the event being handled (batch_end) if there is one. */
 static void finish(struct loom_http_call *call)
 {
+    struct loom_http_upstream *up = call->up;
     if (call->in_submit) {
         call->state = CALL_DELIVER;
         call_arm(call);
         return;
     }
+    if (up->batch) {
+        call->state = CALL_READY;
+        loom_timer_stop(&call->timer);
+        call->qnext = NULL;
+        if (up->ready_tail)
+            up->ready_tail->qnext = call;
+        else
+            up->ready_head = call;
+        up->ready_tail = call;
+        return;
+    }
     deliver(call);
+}
+
+static void ready_unlink(struct loom_http_call *call)
+{
+    struct loom_http_upstream *up = call->up;
+    struct loom_http_call **p = &up->ready_head, *prev = NULL;
+    while (*p != call) {
+        prev = *p;
+        p = &prev->qnext;
+    }
+    *p = call->qnext;
+    if (up->ready_tail == call)
+        up->ready_tail = prev;
+    call->qnext = NULL;
+}
+
+/*
+ * Every entry point that handles connections (I/O events, timers, the flush task, cancel) runs
+ * between batch_begin and batch_end: outcomes found meanwhile wait in the ready list, so that no
+ * callback (which may submit or cancel calls) runs while a connection or its queue is half
+ * updated, or while the shared read buffer still holds bytes to parse. They run in order at the
+ * outermost batch_end.
+ */
+static void batch_begin(struct loom_http_upstream *up)
+{
+    up->batch++;
+}
+
+static void batch_end(struct loom_http_upstream *up)
+{
+    if (--up->batch > 0 || up->draining)
+        return;
+    up->draining = true;
+    while (up->ready_head) {
+        struct loom_http_call *call = up->ready_head;
+        up->ready_head = call->qnext;
+        if (!up->ready_head)
+            up->ready_tail = NULL;
+        call->qnext = NULL;
+        deliver(call);
+    }
+    up->draining = false;
 }
 
 static void set_msg(struct loom_http_call *call, loom_err err, const struct addr *a,
@@ -705,25 +983,58 @@ static void schedule_retry(struct loom_http_call *call)
     call_arm(call);
 }
 
-/* The attempt failed with `err`: close its connection, account for it, then retry or give up. */
-static void attempt_failed(struct loom_http_call *call, loom_err err, enum verdict v,
-                           bool retriable, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static void attempt_failed(struct loom_http_call *call, loom_err err, enum verdict v,
-                           bool retriable, const char *fmt, ...)
+/*
+ * `call` leaves its connection unanswered through no fault of its own: another call on it
+ * failed, or the server ended the connection after an earlier response. That is neither a success
+ * nor a failure of the address, and the call goes again at once, without drawing on the retry
+ * budget (it was never really attempted) but within its deadline. The re-send counts against
+ * max_attempts only when `charge` and its request had been written, since the server may then
+ * have run it. While the upstream is being freed it only waits, for the cancel that follows.
+ */
+static void resubmit(struct loom_http_call *call, bool charge, const char *why)
 {
-    va_list ap;
-    va_start(ap, fmt);
+    struct loom_http_upstream *up = call->up;
+    bool counted = charge && call->wrote_any;
+    snprintf(call->msg, sizeof(call->msg), "upstream \"%s\" %s: %s", up->name,
+             call->addr ? call->addr->name : "", why);
+    call->err = LOOM_ECLOSED;
+    call->conn = NULL;
+    attempt_end(call, V_NEUTRAL);
+    if (!up->closing && counted && call->attempts >= up->cfg.max_attempts) {
+        finish(call);
+        return;
+    }
+    call->free_attempt = !counted;
+    call->backoff_until = now_of(up);
+    schedule_retry(call);
+}
+
+/* Whether `call`'s connection had carried a complete exchange before: a close before any byte
+ * of its response is then a keep-alive race, not a sign of a sick server. */
+static bool on_kept_conn(const struct loom_http_call *call)
+{
+    return call->reused || (call->conn && call->conn->responses > 0);
+}
+
+/* The attempt failed with `err`: close its connection (sending the calls that shared it
+ * again), account for the attempt, then retry or give up. */
+static void attempt_failedv(struct loom_http_call *call, loom_err err, enum verdict v,
+                            bool retriable, const char *fmt, va_list ap)
+    __attribute__((format(printf, 5, 0)));
+static void attempt_failedv(struct loom_http_call *call, loom_err err, enum verdict v,
+                            bool retriable, const char *fmt, va_list ap)
+{
     set_msg(call, err, call->addr, fmt, ap);
-    va_end(ap);
+    bool kept = on_kept_conn(call);
     if (call->conn) {
-        conn_close(call->conn);
+        conn_abort(call->conn, call, true,
+                   "connection closed before a response, after another request on it failed");
         call->conn = NULL;
     }
-    /* A pooled connection the server had closed (nothing came back on it) says nothing about
-     * the server: an idempotent request goes again at once, on a fresh connection, without
-     * drawing on the retry budget — once. */
-    bool stale = call->reused && !call->got_bytes && err == LOOM_ECLOSED && call->idempotent &&
+    /* A keep-alive connection the server had closed (nothing came back on it) says nothing
+     * about the server: an idempotent request goes again at once, on a connection that is not
+     * idle in the pool, without drawing on the retry budget — once. */
+    bool stale = kept && !call->got_bytes && err == LOOM_ECLOSED && call->idempotent &&
                  !call->stale_retried && !call->up->closing;
     attempt_end(call, v);
     if (retriable && stale) {
@@ -740,20 +1051,76 @@ static void attempt_failed(struct loom_http_call *call, loom_err err, enum verdi
     finish(call);
 }
 
-/* A complete response arrived on `c`. `clean`: nothing followed it and the request was sent
- * whole, so the connection may serve another request if the response allows it. */
-static void response_done(struct conn *c, bool clean)
+static void attempt_failed(struct loom_http_call *call, loom_err err, enum verdict v,
+                           bool retriable, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void attempt_failed(struct loom_http_call *call, loom_err err, enum verdict v,
+                           bool retriable, const char *fmt, ...)
 {
-    struct loom_http_call *call = c->call;
-    struct loom_http_upstream *up = call->up;
-    bool reuse =
-        clean && call->sent == call->total && c->write_errno == 0 && loom__h1_keepalive(&c->parser);
-    c->call = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    attempt_failedv(call, err, v, retriable, fmt, ap);
+    va_end(ap);
+}
+
+/* The connection failed while its head call's response was due: that call's attempt failed,
+ * or, for the placeholder of a cancelled call, nobody's; the others go again. */
+static void conn_failed(struct conn *c, loom_err err, enum verdict v, bool retriable,
+                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void conn_failed(struct conn *c, loom_err err, enum verdict v, bool retriable,
+                        const char *fmt, ...)
+{
+    struct loom_http_call *call = c->head;
+    if (call->discard) {
+        conn_abort(c, NULL, true,
+                   "connection closed before a response, after another request on it failed");
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    attempt_failedv(call, err, v, retriable, fmt, ap);
+    va_end(ap);
+}
+
+/*
+ * The head call's response is complete; `left` bytes follow it in the buffer. Returns true if
+ * the connection goes on with the next call's response.
+ */
+static bool response_done(struct conn *c, size_t left)
+{
+    struct addr *ca = c->addr;
+    struct loom_http_upstream *up = ca->up;
+    struct loom_http_call *call = queue_pop(c);
+    bool keep = call->sent == call->total && loom__h1_keepalive(&c->parser);
+    bool more = false;
+    c->responses++;
     call->conn = NULL;
-    if (reuse)
+    if (!keep) {
+        /* The server ends the connection here (Connection: close, HTTP/1.0, a body delimited by
+         * the close, an answer before the request was read whole): the calls behind will not be
+         * answered, and were not processed. */
+        if (c->head)
+            conn_abort(c, NULL, false,
+                       "connection closed before a response: the server ended it after an "
+                       "earlier one");
+        else
+            conn_close(c);
+    } else if (c->head) {
+        loom__h1_init(&c->parser, LOOM__H1_RESPONSE, &h1_callbacks, c);
+        if (c->pipelined && !c->write_errno && c->ncalls < up->depth &&
+            (!ca->open || ca->open->ncalls >= up->depth))
+            ca->open = c;
+        more = true;
+    } else if (left == 0 && c->write_errno == 0) {
         pool_put(c);
-    else
-        conn_close(c);
+    } else {
+        conn_close(c); /* bytes nobody asked for, or a failed write */
+    }
+    if (call->discard) {
+        if (call->state == CALL_DISCARD)
+            discard_release(call);
+        return more;
+    }
     int status = call->status;
     struct addr *a = call->addr;
     attempt_end(call, in_set(up->failure_statuses, up->nfailure, status) ? V_FAILURE : V_SUCCESS);
@@ -764,11 +1131,12 @@ static void response_done(struct conn *c, bool clean)
                  "upstream \"%s\" %s: HTTP %d, and no address was left to retry", up->name, a->name,
                  status);
         schedule_retry(call);
-        return;
+        return more;
     }
     call->err = LOOM_OK;
     call->msg[0] = '\0';
     finish(call);
+    return more;
 }
 
 /* ---- writing the request ---- */
@@ -785,28 +1153,32 @@ static size_t add_iov(struct iovec *iov, size_t n, size_t *skip, const char *p, 
     return n + 1;
 }
 
-/* Write what the socket takes. Returns false if the attempt ended (the connection is gone). */
+/* Write the requests not yet written, as many in one system call as the iovec limit allows.
+ * Returns false if the connection is gone. */
 static bool conn_send(struct conn *c)
 {
-    struct loom_http_call *call = c->call;
     struct addr *a = c->addr;
-    while (call->sent < call->total) {
-        struct iovec iov[4];
-        size_t n = 0, skip = call->sent;
-        size_t split = call->host_at == SIZE_MAX ? call->head.len : call->host_at;
-        n = add_iov(iov, n, &skip, call->head.data, split);
-        if (call->host_at != SIZE_MAX)
-            n = add_iov(iov, n, &skip, a->host_line, a->host_line_len);
-        n = add_iov(iov, n, &skip, call->head.data + split, call->head.len - split);
-        n = add_iov(iov, n, &skip, call->body.ptr, call->body.len);
-        struct msghdr m = { .msg_iov = iov, .msg_iovlen = n };
+    struct loom_http_upstream *up = a->up;
+    while (c->unsent) {
+        size_t n = 0;
+        for (struct loom_http_call *call = c->unsent; call && n + 4 <= up->niov;
+             call = call->qnext) {
+            size_t skip = call->sent;
+            size_t split = call->host_at == SIZE_MAX ? call->head.len : call->host_at;
+            n = add_iov(up->iov, n, &skip, call->head.data, split);
+            if (call->host_at != SIZE_MAX)
+                n = add_iov(up->iov, n, &skip, a->host_line, a->host_line_len);
+            n = add_iov(up->iov, n, &skip, call->head.data + split, call->head.len - split);
+            n = add_iov(up->iov, n, &skip, call->body.ptr, call->body.len);
+        }
+        struct msghdr m = { .msg_iov = up->iov, .msg_iovlen = n };
         ssize_t w = sendmsg(c->io.fd, &m, MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 if (loom_io_start(&c->io, LOOM_IO_READ | LOOM_IO_WRITE)) {
-                    attempt_failed(call, LOOM_EIO, V_NEUTRAL, false, "cannot watch the socket");
+                    conn_failed(c, LOOM_EIO, V_NEUTRAL, false, "cannot watch the socket");
                     return false;
                 }
                 return true;
@@ -814,23 +1186,54 @@ static bool conn_send(struct conn *c)
             /* The server may have answered and closed without reading everything (a 413, say):
              * read what it sent before giving up. */
             c->write_errno = errno;
+            if (a->open == c)
+                a->open = NULL;
             return conn_read(c);
         }
-        call->sent += (size_t)w;
-        call->wrote_any = true;
+        /* Every unsent call has bytes left, so each byte written advances one. */
+        for (size_t left = (size_t)w; left;) {
+            struct loom_http_call *call = c->unsent;
+            size_t k = LOOM_MIN(left, call->total - call->sent);
+            call->sent += k;
+            call->wrote_any = true;
+            left -= k;
+            if (call->sent == call->total)
+                c->unsent = call->qnext;
+        }
     }
     if (c->io.events != LOOM_IO_READ && loom_io_start(&c->io, LOOM_IO_READ)) {
-        attempt_failed(call, LOOM_EIO, V_NEUTRAL, false, "cannot watch the socket");
+        conn_failed(c, LOOM_EIO, V_NEUTRAL, false, "cannot watch the socket");
         return false;
     }
     return true;
 }
 
+/* The end-of-iteration flush: each queued connection writes what its calls added. */
+static void on_flush(struct loom_task *task)
+{
+    struct flusher *f = LOOM_CONTAINER_OF(task, struct flusher, task);
+    struct loom_http_upstream *up = f->up;
+    if (!up) {
+        free(f); /* the upstream was freed while this task was queued */
+        return;
+    }
+    up->flush_pending = false;
+    batch_begin(up);
+    while (up->flush_head) {
+        struct conn *c = up->flush_head;
+        flush_unlink(c);
+        if (c->state == CONN_ACTIVE && c->unsent)
+            conn_send(c);
+    }
+    batch_end(up);
+}
+
 /* ---- reading the response ---- */
 
+/* The parser's callbacks fill the head call: its response is the one being read. */
 static struct loom_http_call *cb_call(void *ud)
 {
-    return ((struct conn *)ud)->call;
+    return ((struct conn *)ud)->head;
 }
 
 static int refuse(struct loom_http_call *call, loom_err err, const char *fmt, ...)
@@ -889,7 +1292,7 @@ static int on_header_value(void *ud, const char *at, size_t len)
 static int on_headers_complete(void *ud)
 {
     struct conn *c = ud;
-    struct loom_http_call *call = c->call;
+    struct loom_http_call *call = c->head;
     int status = loom__h1_status_code(&c->parser);
     call->status = status;
     call->version_minor = loom__h1_version_minor(&c->parser);
@@ -918,6 +1321,8 @@ static int on_headers_complete(void *ud)
     call->nheaders = n;
     if (call->method == LOOM_HTTP_HEAD)
         return 1; /* the Content-Length of a HEAD response describes a body that is not sent */
+    if (c->addr->open == c && !loom__h1_keepalive(&c->parser))
+        c->addr->open = NULL; /* the connection ends after this response: no more joiners */
     uint64_t clen = loom__h1_content_length(&c->parser);
     if (clen != UINT64_MAX && clen > call->max_body)
         return refuse(call, LOOM_ETOOBIG, "response body of %llu bytes is over the limit of %zu",
@@ -953,29 +1358,30 @@ static const struct loom__h1_callbacks h1_callbacks = {
     .on_body = on_body,
 };
 
-/* Verdict for a connection that failed: a reused one that closed before answering lost a
- * keep-alive race, which says nothing about the server's health. */
+/* Verdict for a connection that failed: a keep-alive one that closed before answering lost a
+ * race, which says nothing about the server's health. */
 static enum verdict closed_verdict(const struct loom_http_call *call)
 {
-    return call->reused && !call->got_bytes ? V_NEUTRAL : V_FAILURE;
+    return on_kept_conn(call) && !call->got_bytes ? V_NEUTRAL : V_FAILURE;
 }
 
-/* Parse bytes that arrived. Returns false if the attempt ended. */
+/* Parse bytes that arrived. Returns false if the connection has no response left to read
+ * (it was pooled or closed). */
 static bool conn_feed(struct conn *c, const char *data, size_t len)
 {
     for (;;) {
-        struct loom_http_call *call = c->call;
+        struct loom_http_call *call = c->head;
+        call->got_bytes = true;
         size_t used = 0;
         enum loom__h1_status st = loom__h1_execute(&c->parser, data, len, &used);
         if (st == LOOM__H1_ERROR) {
             if (call->perr == LOOM_ETOOBIG)
-                attempt_failed(call, LOOM_ETOOBIG, V_NEUTRAL, false, "%s", call->pmsg);
+                conn_failed(c, LOOM_ETOOBIG, V_NEUTRAL, false, "%s", call->pmsg);
             else if (call->perr)
-                attempt_failed(call, call->perr, V_FAILURE, true, "malformed response: %s",
-                               call->pmsg);
+                conn_failed(c, call->perr, V_FAILURE, true, "malformed response: %s", call->pmsg);
             else
-                attempt_failed(call, LOOM_EPARSE, V_FAILURE, true, "malformed response: %s",
-                               loom__h1_error(&c->parser));
+                conn_failed(c, LOOM_EPARSE, V_FAILURE, true, "malformed response: %s",
+                            loom__h1_error(&c->parser));
             return false;
         }
         if (st == LOOM__H1_MORE)
@@ -989,25 +1395,28 @@ static bool conn_feed(struct conn *c, const char *data, size_t len)
                 return true;
             continue;
         }
-        response_done(c, len == 0);
-        return false;
+        /* Bytes after a response belong to the next call's. */
+        if (!response_done(c, len))
+            return false;
+        if (len == 0)
+            return true;
     }
 }
 
 static bool conn_eof(struct conn *c)
 {
-    struct loom_http_call *call = c->call;
+    struct loom_http_call *call = c->head;
     if (loom__h1_finish(&c->parser) == LOOM__H1_MESSAGE && !call->informational) {
-        response_done(c, false); /* a body delimited by the close */
+        response_done(c, 0); /* a body delimited by the close */
         return false;
     }
     if (call->got_bytes)
-        attempt_failed(call, LOOM_ECLOSED, V_FAILURE, true,
-                       "connection closed before the response was complete");
+        conn_failed(c, LOOM_ECLOSED, V_FAILURE, true,
+                    "connection closed before the response was complete");
     else
-        attempt_failed(call, LOOM_ECLOSED, closed_verdict(call), true,
-                       "connection closed before a response%s",
-                       call->reused ? " (reused keep-alive connection)" : "");
+        conn_failed(c, LOOM_ECLOSED, closed_verdict(call), true,
+                    "connection closed before a response%s",
+                    on_kept_conn(call) ? " (reused keep-alive connection)" : "");
     return false;
 }
 
@@ -1017,7 +1426,6 @@ static bool conn_read(struct conn *c)
     for (int i = 0; i < READS_PER_EVENT; i++) {
         ssize_t n = read(c->io.fd, up->rbuf, READ_BUF_SIZE);
         if (n > 0) {
-            c->call->got_bytes = true;
             if (!conn_feed(c, up->rbuf, (size_t)n))
                 return false;
             if ((size_t)n < READ_BUF_SIZE && !c->write_errno)
@@ -1030,47 +1438,56 @@ static bool conn_read(struct conn *c)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             break;
-        struct loom_http_call *call = c->call;
-        attempt_failed(call, LOOM_ECLOSED, closed_verdict(call), true, "read: %s", strerror(errno));
+        int e = errno;
+        conn_failed(c, LOOM_ECLOSED, closed_verdict(c->head), true, "read: %s", strerror(e));
         return false;
     }
     if (c->write_errno) {
-        struct loom_http_call *call = c->call;
-        attempt_failed(call, LOOM_ECLOSED, closed_verdict(call), true, "write: %s",
-                       strerror(c->write_errno));
+        conn_failed(c, LOOM_ECLOSED, closed_verdict(c->head), true, "write: %s",
+                    strerror(c->write_errno));
         return false;
     }
     return true;
 }
 
-static void conn_on_io(struct loom_io *io, unsigned events)
+static void conn_event(struct conn *c, unsigned events)
 {
-    struct conn *c = LOOM_CONTAINER_OF(io, struct conn, io);
     switch (c->state) {
     case CONN_IDLE:
         /* An idle connection has nothing to say: this is a close or garbage. */
         conn_close(c);
         return;
     case CONN_CONNECTING: {
-        struct loom_http_call *call = c->call;
-        int rc = loom_net_connect_result(io->fd);
+        int rc = loom_net_connect_result(c->io.fd);
         if (rc) {
-            attempt_failed(call, LOOM_ECONNECT, V_FAILURE, true, "connect: %s", strerror(rc));
+            conn_failed(c, LOOM_ECONNECT, V_FAILURE, true, "connect: %s", strerror(rc));
             return;
         }
         c->state = CONN_ACTIVE;
-        call->state = CALL_ACTIVE;
-        call_arm(call);
+        for (struct loom_http_call *call = c->head; call; call = call->qnext) {
+            call->state = CALL_ACTIVE;
+            call_arm(call);
+        }
+        flush_unlink(c);
         conn_send(c);
         return;
     }
     case CONN_ACTIVE:
-        if ((events & LOOM_IO_WRITE) && c->call->sent < c->call->total && !conn_send(c))
+        if ((events & LOOM_IO_WRITE) && !conn_send(c))
             return;
         if (events & (LOOM_IO_READ | LOOM_IO_HUP | LOOM_IO_ERROR))
             conn_read(c);
         return;
     }
+}
+
+static void conn_on_io(struct loom_io *io, unsigned events)
+{
+    struct conn *c = LOOM_CONTAINER_OF(io, struct conn, io);
+    struct loom_http_upstream *up = c->addr->up;
+    batch_begin(up);
+    conn_event(c, events);
+    batch_end(up);
 }
 
 /* ---- attempts ---- */
@@ -1108,7 +1525,10 @@ static void attempt_begin(struct loom_http_call *call)
         a->retries++;
         counter_inc(a->m_retries);
     }
-    call->attempts++;
+    if (call->free_attempt)
+        call->free_attempt = false;
+    else
+        call->attempts++;
     reset_response(call);
     call->sent = 0;
     call->wrote_any = false;
@@ -1117,23 +1537,31 @@ static void attempt_begin(struct loom_http_call *call)
         call->head.len + (call->host_at != SIZE_MAX ? a->host_line_len : 0) + call->body.len;
     call->try_deadline = up->cfg.try_timeout ? now + up->cfg.try_timeout : UINT64_MAX;
 
-    struct conn *c = call->fresh ? NULL : pool_get(a, !call->idempotent);
+    /* A pipelined call joins the open connection, even after a keep-alive race (`fresh`): that
+     * one is in use, not a survivor of the idle pool. */
+    bool pipe = up->depth > 1 && call->idempotent;
+    struct conn *c = pipe ? open_conn(a) : NULL;
+    bool joined = c != NULL;
+    if (!c && !call->fresh)
+        c = pool_get(a, !call->idempotent);
     call->fresh = false;
-    if (c) {
-        call->reused = true;
-    } else {
+    call->reused = c && !joined;
+    if (!c) {
         struct loom_error e = { 0 };
         c = conn_open(a, &e);
         if (!c) {
             attempt_failed(call, LOOM_ECONNECT, V_FAILURE, true, "%s", e.msg);
             return;
         }
-        call->reused = false;
     }
-    c->call = call;
-    c->write_errno = 0;
-    call->conn = c;
-    loom__h1_init(&c->parser, LOOM__H1_RESPONSE, &h1_callbacks, c);
+    if (!joined) {
+        c->write_errno = 0;
+        c->pipelined = pipe;
+        loom__h1_init(&c->parser, LOOM__H1_RESPONSE, &h1_callbacks, c);
+        if (pipe)
+            a->open = c;
+    }
+    queue_push(c, call);
     if (c->state == CONN_CONNECTING) {
         call->state = CALL_CONNECTING;
         call->connect_deadline = now + up->cfg.connect_timeout;
@@ -1142,12 +1570,14 @@ static void attempt_begin(struct loom_http_call *call)
     }
     call->state = CALL_ACTIVE;
     call_arm(call);
-    conn_send(c);
+    if (pipe)
+        flush_queue(c); /* with the other calls of this loop iteration */
+    else
+        conn_send(c);
 }
 
-static void on_call_timer(struct loom_timer *t)
+static void call_timeout(struct loom_http_call *call)
 {
-    struct loom_http_call *call = LOOM_CONTAINER_OF(t, struct loom_http_call, timer);
     uint64_t now = now_of(call->up);
     switch (call->state) {
     case CALL_DELIVER:
@@ -1161,6 +1591,8 @@ static void on_call_timer(struct loom_timer *t)
         return;
     case CALL_CONNECTING:
     case CALL_ACTIVE:
+        /* A call in a pipeline cannot skip its response: its connection is closed, and the
+         * other calls on it go again (attempt_failed). */
         if (now >= call->deadline) {
             attempt_failed(call, LOOM_ETIMEDOUT, V_FAILURE, false,
                            "no response before the deadline (attempt %u)", call->attempts);
@@ -1175,9 +1607,29 @@ static void on_call_timer(struct loom_timer *t)
             call_arm(call);
         }
         return;
+    case CALL_DISCARD:
+        /* A cancelled call's response did not come within its time: nor will the others'. */
+        if (now < LOOM_MIN(call->deadline, call->try_deadline))
+            call_arm(call);
+        else if (call->conn)
+            conn_abort(call->conn, NULL, true,
+                       "connection closed before a response: a cancelled request ahead of it "
+                       "got no response in time");
+        else
+            discard_release(call);
+        return;
     default:
         return;
     }
+}
+
+static void on_call_timer(struct loom_timer *t)
+{
+    struct loom_http_call *call = LOOM_CONTAINER_OF(t, struct loom_http_call, timer);
+    struct loom_http_upstream *up = call->up;
+    batch_begin(up);
+    call_timeout(call);
+    batch_end(up);
 }
 
 /* ---- the public API ---- */
@@ -1303,29 +1755,60 @@ loom_err loom_http_upstream_request(struct loom_http_upstream *up,
     return LOOM_OK;
 }
 
+/*
+ * `call`, being cancelled, leaves connection `c`. Alone on it, it takes the connection with it,
+ * as without pipelining. Among pipelined calls: one not yet written simply leaves the queue; one
+ * written whole stays there as a placeholder (deliver makes it CALL_DISCARD) whose response is
+ * read and dropped, so that the calls behind it get theirs and the connection survives; one
+ * written in part cannot be completed (its body is the caller's once the callback has run), so
+ * the connection is closed and the other calls go again.
+ */
+static void conn_forget(struct conn *c, struct loom_http_call *call)
+{
+    if (c->ncalls == 1 || call->up->closing) {
+        conn_abort(c, call, false, "connection closed before a response");
+    } else if (call->sent == 0) {
+        queue_remove(c, call);
+    } else if (call->sent == call->total) {
+        call->discard = true;
+        return;
+    } else {
+        conn_abort(c, call, false,
+                   "connection closed before a response: a request pipelined with it was "
+                   "cancelled while being written");
+    }
+    call->conn = NULL;
+}
+
 bool loom_http_call_cancel(struct loom_http_call_ref ref)
 {
     struct loom_http_call *call = ref.call;
     if (!call || call->gen != ref.gen)
         return false;
+    struct loom_http_upstream *up = call->up;
     switch (call->state) {
     case CALL_CONNECTING:
     case CALL_ACTIVE:
-        if (call->conn) {
-            conn_close(call->conn);
-            call->conn = NULL;
-        }
+        batch_begin(up);
+        if (call->conn)
+            conn_forget(call->conn, call);
         attempt_end(call, V_NEUTRAL);
+        break;
+    case CALL_READY:
+        batch_begin(up);
+        ready_unlink(call);
         break;
     case CALL_BACKOFF:
     case CALL_DELIVER:
+        batch_begin(up);
         break;
     default:
         return false;
     }
     call->err = LOOM_ECANCELED;
-    snprintf(call->msg, sizeof(call->msg), "upstream \"%s\": cancelled", call->up->name);
+    snprintf(call->msg, sizeof(call->msg), "upstream \"%s\": cancelled", up->name);
     deliver(call);
+    batch_end(up);
     return true;
 }
 
@@ -1429,6 +1912,7 @@ static void upstream_free_mem(struct loom_http_upstream *up)
     }
     free(up->addrs);
     free(up->scratch);
+    free(up->iov);
     free(up->rbuf);
     free(up->name);
     free(up);
@@ -1523,6 +2007,13 @@ struct loom_http_upstream *loom_http_upstream_new(struct loom_loop *loop,
         snprintf(a->host_line, a->host_line_len + 1, "Host: %s\r\n", host);
     }
     up->rbuf = loom_malloc(READ_BUF_SIZE);
+    up->depth = LOOM_MAX(c->pipeline_depth, 1u);
+    up->niov = LOOM_MIN((size_t)IOV_MAX, 4 * (size_t)up->depth); /* 4 per request */
+    up->iov = loom_calloc(up->niov, sizeof(*up->iov));
+    if (up->depth > 1) {
+        up->flusher = loom_new(struct flusher);
+        up->flusher->up = up;
+    }
     loom_timer_init(&up->sweep, loop, on_sweep);
     if (cfg->metrics_owner)
         setup_metrics(up, cfg);
@@ -1542,9 +2033,16 @@ void loom_http_upstream_free(struct loom_http_upstream *up)
             call_release(call);
         }
     }
+    /* Placeholders of cancelled calls hold the last busy connections. */
+    while (up->discarded)
+        conn_close(up->discarded->conn);
     for (size_t i = 0; i < up->naddrs; i++)
         close_idle(&up->addrs[i]);
     loom_timer_stop(&up->sweep);
+    if (up->flush_pending)
+        up->flusher->up = NULL; /* on_flush frees it when the loop runs it */
+    else
+        free(up->flusher);
     while (up->free_calls) {
         struct loom_http_call *call = up->free_calls;
         up->free_calls = call->next;

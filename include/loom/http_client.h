@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The HTTP/1.1 client. An upstream is a named set of addresses ("HOST:PORT", resolved once)
- * living on ONE loop: it keeps a keep-alive connection pool per address, balances requests with
- * P2C (the less loaded of two random healthy addresses), retries failed idempotent requests on
- * another address with jittered exponential backoff inside the request's deadline and within a
+ * living on ONE loop: it keeps a keep-alive connection pool per address (and, if configured,
+ * pipelines idempotent requests on those connections), balances requests with P2C (the less
+ * loaded of two random healthy addresses), retries failed idempotent requests on another
+ * address with jittered exponential backoff inside the request's deadline and within a
  * retry budget (a ratio of recent requests plus a small floor, so a failing upstream never sees
  * a retry storm), and ejects an address whose consecutive failures reach a threshold (a circuit
  * breaker: ejected for a time that doubles on repeated ejection, then one probe at a time). The
@@ -41,6 +42,15 @@ struct loom_http_upstream_config {
     size_t naddresses;               /* at least 1 */
     const char *host;                /* Host header value [the address as written above] */
     size_t max_idle_per_address;     /* keep-alive connections kept idle per address [64] */
+    unsigned pipeline_depth;         /* requests in flight per connection [1: no pipelining].
+                                        Above 1, idempotent requests to one address share
+                                        connections (HTTP/1.1 pipelining): those of one loop
+                                        iteration leave in one writev, and responses come
+                                        back in order. A request that is not idempotent has
+                                        a connection of its own. Requests queued behind one
+                                        that fails or times out, or behind a response that
+                                        ends the connection, are sent again as neither
+                                        success nor failure, outside the retry budget */
     uint64_t idle_timeout;           /* ns an idle connection is kept [30 s] */
     uint64_t connect_timeout;        /* ns per connect attempt [1 s] */
     uint64_t timeout;                /* ns, the overall deadline of a request that gives none
@@ -182,9 +192,12 @@ loom_err loom_http_upstream_request(struct loom_http_upstream *up,
                                     struct loom_error *err);
 
 /*
- * Cancel a call: if it has not completed, its connection (if any) is closed, never pooled, and
- * its callback runs with LOOM_ECANCELED before this returns; returns true. Returns false and
- * does nothing if the callback already ran or is running. Loop thread only.
+ * Cancel a call: if it has not completed, its callback runs with LOOM_ECANCELED before this
+ * returns; returns true. Its connection (if any) is closed, never pooled, unless other calls are
+ * pipelined on it: then a request written whole has its response read and dropped when it comes
+ * (within the call's deadline), one not yet written is dropped, and one written in part closes
+ * the connection (the other calls are sent again). Returns false and does nothing if the
+ * callback already ran or is running. Loop thread only.
  */
 bool loom_http_call_cancel(struct loom_http_call_ref ref);
 

@@ -324,6 +324,184 @@ static void raw_stop(struct raw *r)
     close(r->wake[1]);
 }
 
+/* ---- a raw server for pipelining: every request a read completes is answered in one write ---- */
+
+enum pipe_act {
+    PIPE_ANSWER,      /* 200 with the request's target as the body (none for HEAD) */
+    PIPE_CLOSE_AFTER, /* answer with Connection: close, then close */
+    PIPE_HANG_UP,     /* close without answering this request or the rest */
+    PIPE_STALL,       /* answer nothing more on this connection */
+    PIPE_GARBAGE,     /* answer with bytes that are not HTTP, then nothing more */
+};
+
+struct pipe_srv;
+/* What to do with request `nth` (from 0) of the `conn`th connection accepted (from 0). */
+typedef enum pipe_act (*pipe_fn)(int conn, int nth);
+
+struct pipe_srv {
+    int lfd, port, wake[2];
+    pthread_t th;
+    pipe_fn fn;
+    int delay_ms;         /* before each answer of the first connection */
+    atomic_bool no_reads; /* leave requests in the sockets */
+    atomic_bool drop;     /* close every connection now, unread requests and all */
+    atomic_int accepts, reads, requests;
+    atomic_int per_conn[RAW_MAX_CONNS]; /* requests read on each connection */
+    atomic_int most_per_read;           /* most requests one read completed */
+    char addr[32];
+};
+
+struct pipe_conn {
+    int fd, idx, nth;
+    bool stalled;
+    struct loom_buf in;
+};
+
+/* Serve the complete requests in c->in; true to close the connection. */
+static bool pipe_serve(struct pipe_srv *ps, struct pipe_conn *c)
+{
+    struct loom_buf out;
+    loom_buf_init(&out, 0);
+    bool close_it = false;
+    int n = 0;
+    for (;;) {
+        const char *end = c->in.len ? strstr(c->in.data, "\r\n\r\n") : NULL;
+        if (!end)
+            break;
+        size_t head = (size_t)(end - c->in.data) + 4, body = 0;
+        const char *cl = strcasestr(c->in.data, "\r\ncontent-length:");
+        if (cl && cl < end)
+            body = strtoul(cl + 17, NULL, 10);
+        if (c->in.len < head + body)
+            break;
+        n++;
+        atomic_fetch_add(&ps->requests, 1);
+        atomic_fetch_add(&ps->per_conn[c->idx], 1);
+        const char *sp = strchr(c->in.data, ' ');
+        const char *sp2 = sp ? strchr(sp + 1, ' ') : NULL;
+        char target[128] = "";
+        if (sp && sp2)
+            snprintf(target, sizeof(target), "%.*s", (int)(sp2 - sp - 1), sp + 1);
+        bool head_only = strncmp(c->in.data, "HEAD ", 5) == 0;
+        loom_buf_consume(&c->in, head + body);
+        if (c->stalled || close_it)
+            continue;
+        enum pipe_act act = ps->fn(c->idx, c->nth++);
+        if (act == PIPE_STALL) {
+            c->stalled = true;
+            continue;
+        }
+        if (act == PIPE_HANG_UP) {
+            close_it = true;
+            continue;
+        }
+        if (act == PIPE_GARBAGE) {
+            loom_buf_append(&out, "SSH-2.0-OpenSSH_9.2\r\n\r\n", 23);
+            c->stalled = true;
+            continue;
+        }
+        char h[256];
+        int hn = snprintf(h, sizeof(h), "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n%s\r\n",
+                          strlen(target), act == PIPE_CLOSE_AFTER ? "Connection: close\r\n" : "");
+        loom_buf_append(&out, h, (size_t)hn);
+        if (!head_only)
+            loom_buf_append(&out, target, strlen(target));
+        if (act == PIPE_CLOSE_AFTER)
+            close_it = true;
+    }
+    int most = atomic_load(&ps->most_per_read);
+    while (n > most && !atomic_compare_exchange_weak(&ps->most_per_read, &most, n)) {
+    }
+    if (c->idx == 0 && ps->delay_ms && (out.len || close_it))
+        usleep((useconds_t)ps->delay_ms * 1000);
+    if (out.len)
+        send_all(c->fd, out.data, out.len);
+    loom_buf_release(&out);
+    return close_it;
+}
+
+static void *pipe_main(void *arg)
+{
+    struct pipe_srv *ps = arg;
+    struct pipe_conn conns[RAW_MAX_CONNS];
+    int n = 0;
+    for (;;) {
+        if (atomic_exchange(&ps->drop, false)) {
+            for (int i = 0; i < n; i++) {
+                close(conns[i].fd); /* unread bytes: a reset, as from a killed process */
+                loom_buf_release(&conns[i].in);
+            }
+            n = 0;
+        }
+        struct pollfd pfd[RAW_MAX_CONNS + 2];
+        pfd[0] = (struct pollfd){ .fd = ps->wake[0], .events = POLLIN };
+        pfd[1] = (struct pollfd){ .fd = ps->lfd, .events = POLLIN };
+        bool reads = !atomic_load(&ps->no_reads);
+        for (int i = 0; i < n; i++)
+            pfd[2 + i] = (struct pollfd){ .fd = conns[i].fd, .events = reads ? POLLIN : 0 };
+        int polled = n;
+        if (poll(pfd, (nfds_t)(2 + n), reads ? 1000 : 5) < 0)
+            continue;
+        if (pfd[0].revents)
+            break;
+        if ((pfd[1].revents & POLLIN) && n < RAW_MAX_CONNS) {
+            int fd = accept4(ps->lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (fd >= 0) {
+                int idx = atomic_fetch_add(&ps->accepts, 1);
+                conns[n] = (struct pipe_conn){ .fd = fd, .idx = LOOM_MIN(idx, RAW_MAX_CONNS - 1) };
+                loom_buf_init(&conns[n].in, 0);
+                n++;
+            }
+        }
+        for (int i = polled - 1; i >= 0; i--) {
+            if (!pfd[2 + i].revents)
+                continue;
+            char tmp[65536];
+            ssize_t k = recv(conns[i].fd, tmp, sizeof(tmp), 0);
+            bool close_it = k <= 0;
+            if (k > 0) {
+                atomic_fetch_add(&ps->reads, 1);
+                loom_buf_append(&conns[i].in, tmp, (size_t)k);
+                close_it = pipe_serve(ps, &conns[i]);
+            }
+            if (close_it) {
+                close(conns[i].fd);
+                loom_buf_release(&conns[i].in);
+                conns[i] = conns[--n];
+            }
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        close(conns[i].fd);
+        loom_buf_release(&conns[i].in);
+    }
+    return NULL;
+}
+
+static void pipe_start(struct pipe_srv *ps, pipe_fn fn)
+{
+    memset(ps, 0, sizeof(*ps));
+    ps->fn = fn;
+    ps->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK_INT(bind(ps->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    CHECK_INT(listen(ps->lfd, 64), 0);
+    ps->port = loom_net_local_port(ps->lfd);
+    snprintf(ps->addr, sizeof(ps->addr), "127.0.0.1:%d", ps->port);
+    CHECK_INT(pipe2(ps->wake, O_CLOEXEC), 0);
+    pthread_create(&ps->th, NULL, pipe_main, ps);
+}
+
+static void pipe_stop(struct pipe_srv *ps)
+{
+    CHECK_INT(write(ps->wake[1], "x", 1), 1);
+    pthread_join(ps->th, NULL);
+    close(ps->lfd);
+    close(ps->wake[0]);
+    close(ps->wake[1]);
+}
+
 /* A loopback address where nothing listens: connecting to it is refused. */
 static void dead_addr(char *out, size_t cap)
 {
@@ -517,6 +695,14 @@ static void test_dead_idle_connection(void)
     CHECK_UINT(ust1.retries_denied, ust0.retries_denied);
     addr_stats(up, 0, &st);
     CHECK_INT(st.state, LOOM_HTTP_ADDR_HEALTHY);
+    /* Again: the call's memory, reused from the pool, gets its free retry again. */
+    for (int i = 0; i < 200 && atomic_load(&raw.closes) < 4; i++)
+        usleep(1000);
+    usleep(20000);
+    do_get(up, "/x", &r);
+    CHECK_INT(r.err, LOOM_OK);
+    CHECK_INT(r.status, 200);
+    CHECK_INT(atomic_load(&raw.accepts), 5);
     loom_http_upstream_free(up);
     raw_stop(&raw);
 }
@@ -1328,6 +1514,822 @@ static void test_unix_socket(void)
     loom_http_upstream_free(up);
 }
 
+/* ---- pipelining ---- */
+
+/* Callbacks of pipelined calls, recorded in the order they run. */
+struct seq {
+    int order[64];
+    int n;
+};
+
+struct pres {
+    struct res r;
+    int idx;
+    char target[32];
+    struct seq *seq;
+};
+
+static void on_pres(struct loom_http_response *resp, void *arg)
+{
+    struct pres *p = arg;
+    on_res(resp, &p->r);
+    if (p->seq->n < 64)
+        p->seq->order[p->seq->n] = p->idx;
+    p->seq->n++;
+}
+
+/* Submit `n` requests in one go (one loop iteration): GET /p/<i> unless `methods` says
+ * otherwise ('H' HEAD, 'P' POST, 'G' GET). */
+static void pipe_submit(struct loom_http_upstream *up, struct pres *p, int n, struct seq *seq,
+                        const char *methods, struct loom_http_call_ref *refs)
+{
+    for (int i = 0; i < n; i++) {
+        memset(&p[i], 0, sizeof(p[i]));
+        p[i].idx = i;
+        p[i].seq = seq;
+        char m = methods ? methods[i] : 'G';
+        snprintf(p[i].target, sizeof(p[i].target), "/%s/%d", m == 'P' ? "post" : "p", i);
+        struct loom_http_request req = {
+            .method = m == 'H'   ? LOOM_HTTP_HEAD
+                      : m == 'P' ? LOOM_HTTP_POST
+                                 : LOOM_HTTP_GET,
+            .target = loom_str_cstr(p[i].target),
+            .body = m == 'P' ? LOOM_STR("{}") : LOOM_STR_NULL,
+        };
+        CHECK_INT(
+            loom_http_upstream_request(up, &req, on_pres, &p[i], refs ? &refs[i] : NULL, NULL),
+            LOOM_OK);
+    }
+}
+
+static void check_answers(const struct pres *p, int n)
+{
+    for (int i = 0; i < n; i++) {
+        CHECK_INT(p[i].r.done, 1);
+        CHECK_INT(p[i].r.err, LOOM_OK);
+        CHECK_INT(p[i].r.status, 200);
+        CHECK_STR(p[i].r.body, p[i].target);
+    }
+}
+
+static enum pipe_act pipe_answer_all(int conn, int nth)
+{
+    LOOM_UNUSED(conn);
+    LOOM_UNUSED(nth);
+    return PIPE_ANSWER;
+}
+
+static void test_pipeline_one_write(void)
+{
+    /* 8 calls of one loop iteration leave in one write on one connection, whether it is being
+     * opened (the first round) or taken from the pool (the second); the server reads them in one
+     * read, answers in one write, and the callbacks run in order with their own responses. */
+    struct pipe_srv ps;
+    pipe_start(&ps, pipe_answer_all);
+    struct loom_http_upstream_config cfg = { .pipeline_depth = 8 };
+    struct loom_http_upstream *up = upstream(&cfg, ps.addr, NULL);
+    for (int round = 0; round < 2; round++) {
+        struct pres p[8];
+        struct seq seq = { 0 };
+        pipe_submit(up, p, 8, &seq, NULL, NULL);
+        CHECK(run_until(&seq.n, 8, 5000));
+        check_answers(p, 8);
+        for (int i = 0; i < 8; i++) {
+            CHECK_INT(seq.order[i], i);
+            CHECK_INT(p[i].r.attempts, 1);
+        }
+        CHECK_INT(atomic_load(&ps.accepts), 1);
+        CHECK_INT(atomic_load(&ps.reads), round + 1);
+        CHECK_INT(atomic_load(&ps.requests), 8 * (round + 1));
+        CHECK_INT(atomic_load(&ps.most_per_read), 8);
+    }
+    /* HEAD responses in the middle of a pipeline have no body. */
+    struct pres p[3];
+    struct seq seq = { 0 };
+    pipe_submit(up, p, 3, &seq, "GHG", NULL);
+    CHECK(run_until(&seq.n, 3, 5000));
+    CHECK_STR(p[0].r.body, "/p/0");
+    CHECK_INT(p[1].r.status, 200);
+    CHECK_UINT(p[1].r.body_len, 0);
+    CHECK_STR(p[1].r.clen, "4");
+    CHECK_STR(p[2].r.body, "/p/2");
+    struct loom_http_addr_stats st;
+    addr_stats(up, 0, &st);
+    CHECK_UINT(st.connects, 1);
+    CHECK_UINT(st.connections, 1);
+    CHECK_UINT(st.idle, 1);
+    CHECK_UINT(st.outstanding, 0);
+    CHECK_UINT(st.requests, 19);
+    CHECK_UINT(st.failures, 0);
+    /* Freed before the end of the iteration whose calls wait for the flush task: they are
+     * cancelled, and the task, left queued on the loop, frees itself when it runs. */
+    memset(&seq, 0, sizeof(seq));
+    pipe_submit(up, p, 3, &seq, NULL, NULL);
+    loom_http_upstream_free(up);
+    CHECK_INT(seq.n, 3);
+    CHECK_INT(p[0].r.err, LOOM_ECANCELED);
+    run_for(10);
+    CHECK_INT(atomic_load(&ps.requests), 19);
+    pipe_stop(&ps);
+
+    /* A loom HTTP server answers pipelined requests too (in order, one at a time). */
+    up = upstream(&cfg, srv_a.addr, NULL);
+    struct pres q[8];
+    struct seq sq = { 0 };
+    int hits = atomic_load(&srv_a.hits);
+    for (int i = 0; i < 8; i++) {
+        struct loom_http_request req = { .method = LOOM_HTTP_GET, .target = LOOM_STR("/id") };
+        q[i] = (struct pres){ .idx = i, .seq = &sq };
+        CHECK_INT(loom_http_upstream_request(up, &req, on_pres, &q[i], NULL, NULL), LOOM_OK);
+    }
+    CHECK(run_until(&sq.n, 8, 5000));
+    for (int i = 0; i < 8; i++) {
+        CHECK_INT(sq.order[i], i);
+        CHECK_STR(q[i].r.body, "a");
+    }
+    CHECK_INT(atomic_load(&srv_a.hits), hits + 8);
+    /* Responses of 200,000 bytes each: they span many reads, and one read holds the end of one
+     * and the start of the next. */
+    memset(&sq, 0, sizeof(sq));
+    for (int i = 0; i < 4; i++) {
+        struct loom_http_request req = { .method = LOOM_HTTP_GET, .target = LOOM_STR("/big") };
+        q[i] = (struct pres){ .idx = i, .seq = &sq };
+        CHECK_INT(loom_http_upstream_request(up, &req, on_pres, &q[i], NULL, NULL), LOOM_OK);
+    }
+    CHECK(run_until(&sq.n, 4, 5000));
+    for (int i = 0; i < 4; i++) {
+        CHECK_INT(sq.order[i], i);
+        CHECK_INT(q[i].r.status, 200);
+        CHECK_UINT(q[i].r.body_len, 200000);
+        CHECK(q[i].r.body[0] == 'a' && q[i].r.body[25] == 'z' && q[i].r.body[26] == 'a');
+    }
+    addr_stats(up, 0, &st);
+    CHECK_UINT(st.connects, 1);
+    loom_http_upstream_free(up);
+}
+
+static enum pipe_act pipe_hang_up_after_3(int conn, int nth)
+{
+    return conn == 0 && nth == 3 ? PIPE_HANG_UP : PIPE_ANSWER;
+}
+
+static enum pipe_act pipe_garbage_second(int conn, int nth)
+{
+    return conn == 0 && nth == 1 ? PIPE_GARBAGE : PIPE_ANSWER;
+}
+
+static void test_pipeline_server_closes(void)
+{
+    /* The server answers 3 of 8 and closes: the other 5 go again on a new connection, and the
+     * breaker sees no failure (a keep-alive race), nor does the retry budget refuse anything. */
+    struct pipe_srv ps;
+    pipe_start(&ps, pipe_hang_up_after_3);
+    struct loom_http_upstream_config cfg = { .pipeline_depth = 8,
+                                             .retry_budget_ratio = -1,
+                                             .retry_budget_min_per_sec = -1 };
+    struct loom_http_upstream *up = upstream(&cfg, ps.addr, NULL);
+    struct pres p[8];
+    struct seq seq = { 0 };
+    pipe_submit(up, p, 8, &seq, NULL, NULL);
+    CHECK(run_until(&seq.n, 8, 5000));
+    check_answers(p, 8);
+    for (int i = 0; i < 3; i++)
+        CHECK_INT(p[i].r.attempts, 1);
+    CHECK_INT(atomic_load(&ps.accepts), 2);
+    CHECK_INT(atomic_load(&ps.per_conn[0]), 8);
+    CHECK_INT(atomic_load(&ps.per_conn[1]), 5);
+    struct loom_http_addr_stats st;
+    addr_stats(up, 0, &st);
+    CHECK_UINT(st.failures, 0);
+    CHECK_UINT(st.consecutive_failures, 0);
+    CHECK_UINT(st.outstanding, 0);
+    CHECK_INT(st.state, LOOM_HTTP_ADDR_HEALTHY);
+    struct loom_http_upstream_stats ust;
+    loom_http_upstream_stats(up, &ust);
+    CHECK_UINT(ust.retries_denied, 0); /* the budget is 0: none was asked for */
+    CHECK_UINT(ust.in_flight, 0);
+    loom_http_upstream_free(up);
+    pipe_stop(&ps);
+
+    /* A malformed response in the middle: that call is a breaker failure and is retried (from
+     * the budget); the ones behind go again as neither. */
+    pipe_start(&ps, pipe_garbage_second);
+    cfg.retry_budget_ratio = 0;
+    cfg.retry_budget_min_per_sec = 0;
+    up = upstream(&cfg, ps.addr, NULL);
+    memset(&seq, 0, sizeof(seq));
+    pipe_submit(up, p, 8, &seq, NULL, NULL);
+    CHECK(run_until(&seq.n, 8, 5000));
+    check_answers(p, 8);
+    CHECK_INT(p[0].r.attempts, 1);
+    CHECK_INT(p[1].r.attempts, 2);
+    CHECK_INT(atomic_load(&ps.accepts), 2);
+    CHECK_INT(atomic_load(&ps.per_conn[1]), 7);
+    addr_stats(up, 0, &st);
+    CHECK_UINT(st.failures, 1);
+    loom_http_upstream_stats(up, &ust);
+    CHECK_UINT(ust.retries_denied, 0);
+    loom_http_upstream_free(up);
+    pipe_stop(&ps);
+}
+
+static enum pipe_act pipe_close_first(int conn, int nth)
+{
+    return conn == 0 && nth == 0 ? PIPE_CLOSE_AFTER : PIPE_ANSWER;
+}
+
+static void test_pipeline_connection_close(void)
+{
+    /* The first response says Connection: close: the 7 behind it go again on a new connection.
+     * The server processed none of them, so the re-send is not even an attempt. */
+    struct pipe_srv ps;
+    pipe_start(&ps, pipe_close_first);
+    struct loom_http_upstream_config cfg = { .pipeline_depth = 8,
+                                             .max_attempts = 1,
+                                             .retry_budget_ratio = -1,
+                                             .retry_budget_min_per_sec = -1 };
+    struct loom_http_upstream *up = upstream(&cfg, ps.addr, NULL);
+    struct pres p[8];
+    struct seq seq = { 0 };
+    pipe_submit(up, p, 8, &seq, NULL, NULL);
+    CHECK(run_until(&seq.n, 8, 5000));
+    check_answers(p, 8);
+    for (int i = 0; i < 8; i++)
+        CHECK_INT(p[i].r.attempts, 1);
+    CHECK_INT(atomic_load(&ps.accepts), 2);
+    CHECK_INT(atomic_load(&ps.per_conn[1]), 7);
+    struct loom_http_addr_stats st;
+    addr_stats(up, 0, &st);
+    CHECK_UINT(st.failures, 0);
+    CHECK_UINT(st.connections, 1);
+    CHECK_UINT(st.idle, 1);
+    loom_http_upstream_free(up);
+    pipe_stop(&ps);
+}
+
+static void test_pipeline_not_idempotent(void)
+{
+    /* A POST has a connection of its own, and nothing is pipelined behind it; the GETs of the
+     * same iteration share one. A POST the caller marks idempotent is pipelined. */
+    struct pipe_srv ps;
+    pipe_start(&ps, pipe_answer_all);
+    struct loom_http_upstream_config cfg = { .pipeline_depth = 8 };
+    struct loom_http_upstream *up = upstream(&cfg, ps.addr, NULL);
+    struct pres p[6];
+    struct seq seq = { 0 };
+    pipe_submit(up, p, 6, &seq, "PGGGGP", NULL);
+    CHECK(run_until(&seq.n, 6, 5000));
+    check_answers(p, 6);
+    CHECK_INT(atomic_load(&ps.accepts), 3);
+    int ones = 0, fours = 0;
+    for (int i = 0; i < 3; i++) {
+        ones += atomic_load(&ps.per_conn[i]) == 1;
+        fours += atomic_load(&ps.per_conn[i]) == 4;
+    }
+    CHECK_INT(ones, 2);
+    CHECK_INT(fours, 1);
+    loom_http_upstream_free(up);
+
+    /* Marked idempotent: one connection for all. */
+    up = upstream(&cfg, ps.addr, NULL);
+    int accepts = atomic_load(&ps.accepts);
+    struct res r[4];
+    int done = 0;
+    for (int i = 0; i < 4; i++) {
+        struct loom_http_request req = { .method = LOOM_HTTP_POST,
+                                         .target = LOOM_STR("/infer"),
+                                         .body = LOOM_STR("{\"inputs\":[1]}"),
+                                         .idempotent = LOOM_HTTP_IDEMPOTENT_YES };
+        memset(&r[i], 0, sizeof(r[i]));
+        CHECK_INT(loom_http_upstream_request(up, &req, on_res, &r[i], NULL, NULL), LOOM_OK);
+    }
+    uint64_t end = loom_now_ns() + 5 * LOOM_NS_PER_SEC;
+    while (done < 4 && loom_now_ns() < end) {
+        loom_loop_run_once(cloop, 10 * LOOM_NS_PER_MS);
+        done = r[0].done + r[1].done + r[2].done + r[3].done;
+    }
+    for (int i = 0; i < 4; i++)
+        CHECK_STR(r[i].body, "/infer");
+    CHECK_INT(atomic_load(&ps.accepts), accepts + 1);
+    loom_http_upstream_free(up);
+    pipe_stop(&ps);
+}
+
+static enum pipe_act pipe_stall_all(int conn, int nth)
+{
+    LOOM_UNUSED(conn);
+    LOOM_UNUSED(nth);
+    return PIPE_STALL;
+}
+
+/* Cancels another call (in the same batch of responses) from inside a callback. */
+struct canceller {
+    struct pres p;
+    struct loom_http_call_ref victim;
+    bool cancelled;
+};
+
+static void on_cancel_other(struct loom_http_response *resp, void *arg)
+{
+    struct canceller *c = arg;
+    on_pres(resp, &c->p);
+    c->cancelled = loom_http_call_cancel(c->victim);
+}
+
+static enum pipe_act pipe_hang_up_first(int conn, int nth)
+{
+    return conn == 0 && nth == 0 ? PIPE_HANG_UP : PIPE_ANSWER;
+}
+
+static void test_pipeline_cancel(void)
+{
+    /* The server takes 150 ms to answer the first connection. The 2nd of 4 calls is cancelled
+     * once all four were written: its callback runs then, with LOOM_ECANCELED, never with its
+     * response, which is read and dropped; the others get theirs, and the connection is kept. */
+    struct pipe_srv ps;
+    pipe_start(&ps, pipe_answer_all);
+    ps.delay_ms = 150;
+    struct loom_http_upstream_config cfg = { .pipeline_depth = 8 };
+    struct loom_http_upstream *up = upstream(&cfg, ps.addr, NULL);
+    struct pres p[5];
+    struct seq seq = { 0 };
+    struct loom_http_call_ref refs[5];
+    pipe_submit(up, p, 4, &seq, NULL, refs);
+    for (int i = 0; i < 500 && atomic_load(&ps.requests) < 4; i++)
+        loom_loop_run_once(cloop, 2 * LOOM_NS_PER_MS);
+    CHECK_INT(atomic_load(&ps.requests), 4);
+    CHECK_INT(seq.n, 0);
+    CHECK(loom_http_call_cancel(refs[1]));
+    CHECK_INT(p[1].r.done, 1);
+    CHECK_INT(p[1].r.err, LOOM_ECANCELED);
+    CHECK(!loom_http_call_cancel(refs[1]));
+    CHECK(run_until(&seq.n, 4, 5000));
+    run_for(30);
+    CHECK_INT(seq.n, 4);
+    CHECK_INT(seq.order[0], 1);
+    CHECK_INT(seq.order[1], 0);
+    CHECK_INT(seq.order[2], 2);
+    CHECK_INT(seq.order[3], 3);
+    CHECK_INT(p[1].r.done, 1);
+    CHECK_INT(p[1].r.err, LOOM_ECANCELED);
+    check_answers(&p[2], 2);
+    check_answers(&p[0], 1);
+    CHECK_INT(atomic_load(&ps.accepts), 1);
+    struct loom_http_addr_stats st;
+    addr_stats(up, 0, &st);
+    CHECK_UINT(st.idle, 1);
+    CHECK_UINT(st.connections, 1);
+    CHECK_UINT(st.outstanding, 0);
+    CHECK_UINT(st.failures, 0);
+
+    /* Cancelled before they were written (the first, one in the middle, the last): they leave
+     * the queue and never reach the server. The pooled connection serves the rest. */
+    ps.delay_ms = 0;
+    memset(&seq, 0, sizeof(seq));
+    pipe_submit(up, p, 5, &seq, NULL, refs);
+    CHECK(loom_http_call_cancel(refs[0]));
+    CHECK(loom_http_call_cancel(refs[2]));
+    CHECK(loom_http_call_cancel(refs[4]));
+    CHECK(run_until(&seq.n, 5, 5000));
+    run_for(30);
+    CHECK_INT(seq.n, 5);
+    CHECK_INT(p[0].r.err, LOOM_ECANCELED);
+    CHECK_INT(p[2].r.err, LOOM_ECANCELED);
+    CHECK_INT(p[4].r.err, LOOM_ECANCELED);
+    check_answers(&p[1], 1);
+    check_answers(&p[3], 1);
+    CHECK_INT(atomic_load(&ps.requests), 6);
+    CHECK_INT(atomic_load(&ps.accepts), 1);
+
+    /* The first callback cancels the third call, whose response came in the same read and
+     * waits for its turn: it is cancelled (the response is dropped), the others unaffected. */
+    memset(&seq, 0, sizeof(seq));
+    struct canceller cc = { .p = { .idx = 0, .seq = &seq } };
+    snprintf(cc.p.target, sizeof(cc.p.target), "/first");
+    struct loom_http_request first = { .method = LOOM_HTTP_GET, .target = LOOM_STR("/first") };
+    CHECK_INT(loom_http_upstream_request(up, &first, on_cancel_other, &cc, NULL, NULL), LOOM_OK);
+    pipe_submit(up, &p[1], 3, &seq, NULL, &refs[1]);
+    for (int i = 1; i < 4; i++) /* pipe_submit numbered them from 0 */
+        p[i].idx = i;
+    cc.victim = refs[2];
+    CHECK(run_until(&seq.n, 4, 5000));
+    run_for(30);
+    CHECK(cc.cancelled);
+    CHECK_INT(seq.n, 4);
+    CHECK_INT(seq.order[0], 0);
+    CHECK_INT(seq.order[1], 2); /* the cancelled one, from inside the first callback */
+    CHECK_INT(p[2].r.err, LOOM_ECANCELED);
+    CHECK_STR(cc.p.r.body, "/first");
+    CHECK_STR(p[1].r.body, "/p/0");
+    CHECK_STR(p[3].r.body, "/p/2");
+    CHECK_INT(atomic_load(&ps.accepts), 1);
+    loom_http_upstream_free(up);
+
+    /* A request cancelled while written in part (the server reads nothing for now): the
+     * connection is closed, and the calls before and after it are answered on another. */
+    atomic_store(&ps.no_reads, true);
+    up = upstream(&cfg, ps.addr, NULL);
+    size_t huge_len = 16u << 20; /* more than loopback socket buffers hold */
+    char *huge = malloc(huge_len);
+    memset(huge, 'h', huge_len);
+    memset(&seq, 0, sizeof(seq));
+    for (int i = 0; i < 3; i++) {
+        p[i] = (struct pres){ .idx = i, .seq = &seq };
+        snprintf(p[i].target, sizeof(p[i].target), "/w/%d", i);
+        struct loom_http_request req = { .method = i == 1 ? LOOM_HTTP_PUT : LOOM_HTTP_GET,
+                                         .target = loom_str_cstr(p[i].target),
+                                         .body = i == 1 ? loom_str_make(huge, huge_len)
+                                                        : LOOM_STR_NULL };
+        CHECK_INT(loom_http_upstream_request(up, &req, on_pres, &p[i], &refs[i], NULL), LOOM_OK);
+    }
+    run_for(100);
+    CHECK_INT(seq.n, 0);
+    int accepts = atomic_load(&ps.accepts);
+    CHECK(loom_http_call_cancel(refs[1]));
+    CHECK_INT(p[1].r.err, LOOM_ECANCELED);
+    memset(huge, 0, huge_len); /* the caller may reuse its body once the callback ran */
+    atomic_store(&ps.no_reads, false);
+    CHECK(run_until(&seq.n, 3, 5000));
+    CHECK_STR(p[0].r.body, "/w/0");
+    CHECK_STR(p[2].r.body, "/w/2");
+    CHECK_INT(p[2].r.attempts, 1); /* never written: not counted */
+    CHECK_INT(atomic_load(&ps.accepts), accepts + 1);
+    addr_stats(up, 0, &st);
+    CHECK_UINT(st.failures, 0);
+    loom_http_upstream_free(up);
+    free(huge);
+    pipe_stop(&ps);
+
+    /* A placeholder at the head of a connection the server then closes: the calls behind it
+     * go again, and nobody's attempt is a failure. */
+    pipe_start(&ps, pipe_hang_up_first);
+    ps.delay_ms = 150;
+    up = upstream(&cfg, ps.addr, NULL);
+    memset(&seq, 0, sizeof(seq));
+    pipe_submit(up, p, 3, &seq, NULL, refs);
+    for (int i = 0; i < 500 && atomic_load(&ps.requests) < 3; i++)
+        loom_loop_run_once(cloop, 2 * LOOM_NS_PER_MS);
+    CHECK(loom_http_call_cancel(refs[0]));
+    CHECK(run_until(&seq.n, 3, 5000));
+    CHECK_INT(p[0].r.err, LOOM_ECANCELED);
+    check_answers(&p[1], 2);
+    CHECK_INT(atomic_load(&ps.accepts), 2);
+    addr_stats(up, 0, &st);
+    CHECK_UINT(st.failures, 0);
+    loom_http_upstream_free(up);
+    pipe_stop(&ps);
+
+    /* Placeholders whose responses never come hold the connection no longer than their
+     * deadline; the upstream can be freed with them in flight. */
+    pipe_start(&ps, pipe_stall_all);
+    for (int pass = 0; pass < 2; pass++) {
+        up = upstream(&cfg, ps.addr, NULL);
+        int before = atomic_load(&ps.requests);
+        struct res r[2] = { 0 };
+        for (int i = 0; i < 2; i++) {
+            struct loom_http_request req = { .method = LOOM_HTTP_GET,
+                                             .target = LOOM_STR("/never"),
+                                             .timeout = 200 * LOOM_NS_PER_MS };
+            CHECK_INT(loom_http_upstream_request(up, &req, on_res, &r[i], &refs[i], NULL), LOOM_OK);
+        }
+        for (int i = 0; i < 500 && atomic_load(&ps.requests) < before + 2; i++)
+            loom_loop_run_once(cloop, 2 * LOOM_NS_PER_MS);
+        CHECK(loom_http_call_cancel(refs[0]));
+        CHECK(loom_http_call_cancel(refs[1]));
+        CHECK_INT(r[0].err, LOOM_ECANCELED);
+        CHECK_INT(r[1].err, LOOM_ECANCELED);
+        addr_stats(up, 0, &st);
+        CHECK_UINT(st.connections, 1);
+        CHECK_UINT(st.outstanding, 0);
+        if (pass == 0) {
+            run_for(300);
+            addr_stats(up, 0, &st);
+            CHECK_UINT(st.connections, 0);
+            CHECK_UINT(st.failures, 0);
+        }
+        loom_http_upstream_free(up);
+        CHECK_INT(r[0].done + r[1].done, 2);
+    }
+    pipe_stop(&ps);
+}
+
+static enum pipe_act pipe_stall_after_first(int conn, int nth)
+{
+    return conn == 0 && nth > 0 ? PIPE_STALL : PIPE_ANSWER;
+}
+
+static void test_pipeline_try_timeout(void)
+{
+    /* The server answers the first of 4 and stalls: the try timeout of the 2nd closes the
+     * connection, and it and the two behind it go again on a new connection, where they are
+     * answered. Only the timed-out call is a breaker failure. */
+    struct pipe_srv ps;
+    pipe_start(&ps, pipe_stall_after_first);
+    struct loom_http_upstream_config cfg = { .pipeline_depth = 8,
+                                             .try_timeout = 200 * LOOM_NS_PER_MS };
+    struct loom_http_upstream *up = upstream(&cfg, ps.addr, NULL);
+    struct pres p[4];
+    struct seq seq = { 0 };
+    uint64_t t0 = loom_now_ns();
+    pipe_submit(up, p, 4, &seq, NULL, NULL);
+    CHECK(run_until(&seq.n, 4, 5000));
+    CHECK(loom_now_ns() - t0 >= 190 * LOOM_NS_PER_MS);
+    check_answers(p, 4);
+    CHECK_INT(seq.order[0], 0);
+    CHECK_INT(p[0].r.attempts, 1);
+    for (int i = 1; i < 4; i++)
+        CHECK_INT(p[i].r.attempts, 2);
+    CHECK_INT(atomic_load(&ps.accepts), 2);
+    CHECK_INT(atomic_load(&ps.per_conn[0]), 4);
+    CHECK_INT(atomic_load(&ps.per_conn[1]), 3);
+    struct loom_http_addr_stats st;
+    addr_stats(up, 0, &st);
+    CHECK_UINT(st.failures, 1);
+    CHECK_UINT(st.outstanding, 0);
+    loom_http_upstream_free(up);
+    pipe_stop(&ps);
+
+    /* Without retries the timed-out call fails, and so do the calls behind it: the server may
+     * have run them (their requests were written), so going again would be another attempt. */
+    pipe_start(&ps, pipe_stall_after_first);
+    cfg.max_attempts = 1;
+    up = upstream(&cfg, ps.addr, NULL);
+    memset(&seq, 0, sizeof(seq));
+    pipe_submit(up, p, 4, &seq, NULL, NULL);
+    CHECK(run_until(&seq.n, 4, 5000));
+    check_answers(p, 1);
+    int timed_out = 0, closed = 0; /* the three share a deadline: any may time out first */
+    for (int i = 1; i < 4; i++) {
+        timed_out += p[i].r.err == LOOM_ETIMEDOUT;
+        if (p[i].r.err == LOOM_ECLOSED) {
+            closed++;
+            CHECK_CONTAINS(p[i].r.msg, "another request on it failed");
+        }
+    }
+    CHECK_INT(timed_out, 1);
+    CHECK_INT(closed, 2);
+    CHECK_INT(atomic_load(&ps.accepts), 1);
+    addr_stats(up, 0, &st);
+    CHECK_UINT(st.failures, 1);
+    CHECK_UINT(st.connections, 0);
+    loom_http_upstream_free(up);
+    pipe_stop(&ps);
+}
+
+static void test_pipeline_write_error(void)
+{
+    /* The server dies while the client is still writing a pipeline (a big request, unread):
+     * the write fails, the first call (written, unanswered) is retried, the one written in part
+     * and the one not written at all go again, and all three are answered on a new
+     * connection. */
+    struct pipe_srv ps;
+    pipe_start(&ps, pipe_answer_all);
+    atomic_store(&ps.no_reads, true);
+    struct loom_http_upstream_config cfg = { .pipeline_depth = 8 };
+    struct loom_http_upstream *up = upstream(&cfg, ps.addr, NULL);
+    size_t huge_len = 16u << 20;
+    char *huge = malloc(huge_len);
+    memset(huge, 'h', huge_len);
+    struct pres p[3];
+    struct seq seq = { 0 };
+    for (int i = 0; i < 3; i++) {
+        p[i] = (struct pres){ .idx = i, .seq = &seq };
+        snprintf(p[i].target, sizeof(p[i].target), "/w/%d", i);
+        struct loom_http_request req = { .method = i == 1 ? LOOM_HTTP_PUT : LOOM_HTTP_GET,
+                                         .target = loom_str_cstr(p[i].target),
+                                         .body = i == 1 ? loom_str_make(huge, huge_len)
+                                                        : LOOM_STR_NULL };
+        CHECK_INT(loom_http_upstream_request(up, &req, on_pres, &p[i], NULL, NULL), LOOM_OK);
+    }
+    run_for(100);
+    CHECK_INT(seq.n, 0);
+    atomic_store(&ps.no_reads, false);
+    atomic_store(&ps.drop, true);
+    CHECK(run_until(&seq.n, 3, 10000));
+    check_answers(p, 3);
+    CHECK_INT(p[0].r.attempts, 2);
+    CHECK_INT(p[1].r.attempts, 2);
+    CHECK_INT(p[2].r.attempts, 1);
+    CHECK_INT(atomic_load(&ps.accepts), 2);
+    struct loom_http_addr_stats st;
+    addr_stats(up, 0, &st);
+    CHECK_UINT(st.failures, 1);
+    CHECK_UINT(st.outstanding, 0);
+    loom_http_upstream_free(up);
+    free(huge);
+    pipe_stop(&ps);
+}
+
+static void test_pipeline_depth(void)
+{
+    /* Depth 1 (the default): one connection per concurrent call, as without pipelining. */
+    struct pipe_srv ps;
+    pipe_start(&ps, pipe_answer_all);
+    struct loom_http_upstream_config cfg = { 0 };
+    struct loom_http_upstream *up = upstream(&cfg, ps.addr, NULL);
+    struct pres p[8];
+    struct seq seq = { 0 };
+    pipe_submit(up, p, 4, &seq, NULL, NULL);
+    CHECK(run_until(&seq.n, 4, 5000));
+    check_answers(p, 4);
+    CHECK_INT(atomic_load(&ps.accepts), 4);
+    for (int i = 0; i < 4; i++)
+        CHECK_INT(atomic_load(&ps.per_conn[i]), 1);
+    loom_http_upstream_free(up);
+    pipe_stop(&ps);
+
+    /* Depth 4: 8 calls fill two connections, 4 each. */
+    pipe_start(&ps, pipe_answer_all);
+    cfg.pipeline_depth = 4;
+    up = upstream(&cfg, ps.addr, NULL);
+    memset(&seq, 0, sizeof(seq));
+    pipe_submit(up, p, 8, &seq, NULL, NULL);
+    CHECK(run_until(&seq.n, 8, 5000));
+    check_answers(p, 8);
+    CHECK_INT(atomic_load(&ps.accepts), 2);
+    CHECK_INT(atomic_load(&ps.per_conn[0]), 4);
+    CHECK_INT(atomic_load(&ps.per_conn[1]), 4);
+    loom_http_upstream_free(up);
+    pipe_stop(&ps);
+}
+
+static void test_pipeline_dead_server(void)
+{
+    /* As test_dead_server, with up to 8 calls in flight on each connection to B when it dies:
+     * not one request fails. */
+    struct pipe_srv b;
+    pipe_start(&b, pipe_answer_all);
+    struct loom_http_upstream_config cfg = { .pipeline_depth = 8 };
+    struct loom_http_upstream *up = upstream(&cfg, srv_a.addr, b.addr);
+    struct load l = { .up = up, .target = "/hello", .total = 3000, .max_inflight = 48 };
+    load_pump(&l);
+    bool killed = false;
+    uint64_t end = loom_now_ns() + 20 * LOOM_NS_PER_SEC;
+    while (l.done < l.total && loom_now_ns() < end) {
+        loom_loop_run_once(cloop, 10 * LOOM_NS_PER_MS);
+        if (!killed && l.done >= 600 && (l.by_addr[1] >= 100 || l.done >= 2000)) {
+            killed = true;
+            pipe_stop(&b);
+        }
+    }
+    if (!killed)
+        pipe_stop(&b);
+    CHECK(killed);
+    CHECK_INT(l.done, l.total);
+    CHECK_INT(l.failed, 0);
+    struct loom_http_addr_stats st;
+    addr_stats(up, 1, &st);
+    CHECK(st.ejections >= 1);
+    addr_stats(up, 0, &st);
+    CHECK(st.connects < 20); /* the calls to A share connections */
+    loom_http_upstream_free(up);
+}
+
+/* Mostly answers; sometimes closes after answering, hangs up, stalls or sends garbage. */
+static _Thread_local unsigned chaos_seed;
+
+static enum pipe_act pipe_chaos(int conn, int nth)
+{
+    LOOM_UNUSED(conn);
+    LOOM_UNUSED(nth);
+    unsigned r = (unsigned)rand_r(&chaos_seed) % 100;
+    return r < 84   ? PIPE_ANSWER
+           : r < 89 ? PIPE_CLOSE_AFTER
+           : r < 94 ? PIPE_HANG_UP
+           : r < 97 ? PIPE_STALL
+                    : PIPE_GARBAGE;
+}
+
+#define CHAOS_CALLS 600
+
+struct chaos;
+
+struct chaos_slot {
+    struct chaos *ch;
+    int idx;
+};
+
+struct chaos {
+    struct loom_http_upstream *up;
+    struct chaos_slot slots[CHAOS_CALLS];
+    struct loom_http_call_ref refs[CHAOS_CALLS];
+    int done[CHAOS_CALLS];
+    int total, started, finished, answered, cancelled, max_inflight;
+    unsigned seed;
+    struct loom_str big;
+};
+
+static void chaos_pump(struct chaos *ch);
+
+/* Cancel a random call that is still in flight, if the dice say so. */
+static void chaos_cancel_some(struct chaos *ch, unsigned percent)
+{
+    if (ch->started == 0 || (unsigned)rand_r(&ch->seed) % 100 >= percent)
+        return;
+    int i = (int)((unsigned)rand_r(&ch->seed) % (unsigned)ch->started);
+    if (ch->done[i] == 0 && loom_http_call_cancel(ch->refs[i]))
+        ch->cancelled++;
+}
+
+static void chaos_cb(struct loom_http_response *r, void *arg)
+{
+    struct chaos_slot *s = arg;
+    struct chaos *ch = s->ch;
+    ch->done[s->idx]++;
+    ch->finished++;
+    CHECK_INT(ch->done[s->idx], 1);
+    CHECK(r->err == LOOM_OK || r->err == LOOM_ECANCELED || r->err == LOOM_ECLOSED ||
+          r->err == LOOM_ETIMEDOUT || r->err == LOOM_EPARSE || r->err == LOOM_ECONNECT ||
+          r->err == LOOM_EUNAVAIL);
+    if (r->err == LOOM_OK) {
+        ch->answered++;
+        CHECK_INT(r->status, 200);
+    }
+    if (r->err != LOOM_ECANCELED) {
+        chaos_cancel_some(ch, 10); /* from inside a callback, while others may be pending */
+        chaos_pump(ch);
+    }
+}
+
+static void chaos_pump(struct chaos *ch)
+{
+    while (ch->started < ch->total && ch->started - ch->finished < ch->max_inflight) {
+        int i = ch->started++;
+        ch->slots[i] = (struct chaos_slot){ ch, i };
+        unsigned kind = (unsigned)rand_r(&ch->seed) % 10;
+        struct loom_http_request req = { .method = LOOM_HTTP_GET,
+                                         .target = LOOM_STR("/chaos"),
+                                         .timeout = 1500 * LOOM_NS_PER_MS };
+        if (kind == 0) { /* not idempotent: a connection of its own */
+            req.method = LOOM_HTTP_POST;
+            req.body = LOOM_STR("{}");
+        } else if (kind == 1) { /* big enough to be written in several goes */
+            req.method = LOOM_HTTP_POST;
+            req.body = ch->big;
+            req.idempotent = LOOM_HTTP_IDEMPOTENT_YES;
+        }
+        CHECK_INT(
+            loom_http_upstream_request(ch->up, &req, chaos_cb, &ch->slots[i], &ch->refs[i], NULL),
+            LOOM_OK);
+    }
+}
+
+static void test_pipeline_chaos(void)
+{
+    /* Two servers that misbehave at random, calls cancelled at random (from the loop and from
+     * callbacks), try timeouts, bodies written in several goes: every callback runs exactly
+     * once, and nothing is left in flight or leaked. */
+    struct pipe_srv s1, s2;
+    pipe_start(&s1, pipe_chaos);
+    pipe_start(&s2, pipe_chaos);
+    size_t big_len = 2000000;
+    char *big = malloc(big_len);
+    memset(big, 'x', big_len);
+    struct loom_http_upstream_config cfg = { .pipeline_depth = 8,
+                                             .try_timeout = 150 * LOOM_NS_PER_MS,
+                                             .max_attempts = 2,
+                                             .breaker_threshold = LOOM_HTTP_BREAKER_OFF };
+    for (int pass = 0; pass < 2; pass++) {
+        struct chaos *ch = calloc(1, sizeof(*ch));
+        ch->up = upstream(&cfg, s1.addr, s2.addr);
+        ch->total = pass == 0 ? CHAOS_CALLS : 100;
+        ch->max_inflight = 40;
+        ch->seed = 12345u + (unsigned)pass;
+        ch->big = loom_str_make(big, big_len);
+        chaos_pump(ch);
+        uint64_t end = loom_now_ns() + 30 * LOOM_NS_PER_SEC;
+        int iterations = 0;
+        while (ch->finished < ch->total && loom_now_ns() < end) {
+            loom_loop_run_once(cloop, 5 * LOOM_NS_PER_MS);
+            chaos_cancel_some(ch, 5);
+            /* The second pass frees the upstream with calls in flight. */
+            if (pass == 1 && ++iterations == 20)
+                break;
+        }
+        if (pass == 0) {
+            CHECK_INT(ch->finished, ch->total);
+            CHECK(ch->answered > ch->total / 3);
+            struct loom_http_upstream_stats ust;
+            loom_http_upstream_stats(ch->up, &ust);
+            CHECK_UINT(ust.in_flight, 0);
+            for (size_t a = 0; a < 2; a++) {
+                struct loom_http_addr_stats st;
+                addr_stats(ch->up, a, &st);
+                CHECK_UINT(st.outstanding, 0);
+            }
+        }
+        loom_http_upstream_free(ch->up);
+        CHECK_INT(ch->finished, ch->started);
+        for (int i = 0; i < ch->started; i++)
+            CHECK_INT(ch->done[i], 1);
+        run_for(20);
+        free(ch);
+    }
+    free(big);
+    pipe_stop(&s1);
+    pipe_stop(&s2);
+}
+
 int main(void)
 {
     loom_log_set_level(LOOM_LOG_ERROR);
@@ -1354,6 +2356,16 @@ int main(void)
     RUN(test_take_body_moves);
     RUN(test_dead_server);
     RUN(test_unix_socket);
+    RUN(test_pipeline_one_write);
+    RUN(test_pipeline_server_closes);
+    RUN(test_pipeline_connection_close);
+    RUN(test_pipeline_not_idempotent);
+    RUN(test_pipeline_cancel);
+    RUN(test_pipeline_try_timeout);
+    RUN(test_pipeline_write_error);
+    RUN(test_pipeline_depth);
+    RUN(test_pipeline_dead_server);
+    RUN(test_pipeline_chaos);
     loom_loop_free(cloop);
     servers_stop();
     return check_report();
