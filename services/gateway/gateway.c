@@ -82,6 +82,11 @@ static const struct loom_conf_field gw_fields[] = {
                           "Largest tensor (elements of a shape) in a /v2 infer request."),
     LOOM_CONF_RANGE_FIELD(struct gw_conf, retries, "retries", INT, "2", 0, 10,
                           "Retries of a failed idempotent request on another replica."),
+    LOOM_CONF_RANGE_FIELD(struct gw_conf, inference_pipeline, "inference-pipeline", INT, "16", 1,
+                          32,
+                          "/v2 requests sent back to back on one inference connection before "
+                          "their answers (HTTP/1.1 pipelining: inference handles them together); "
+                          "1: one at a time."),
     LOOM_CONF_RANGE_FIELD(struct gw_conf, breaker_threshold, "breaker-threshold", INT, "5", 1, 1000,
                           "Consecutive failures that eject a replica."),
     LOOM_CONF_RANGE_FIELD(struct gw_conf, ejection_time, "ejection-time", DURATION, "1s", 10 * MS,
@@ -154,6 +159,7 @@ static loom_err make_upstreams(struct gw_service *gw, struct gw_loop *gl, struct
             .timeout = c->timeout,
             .max_body_bytes = (size_t)c->max_upload_body,
             .max_attempts = (unsigned)c->retries + 1,
+            .pipeline_depth = u == GW_UP_INFERENCE ? (unsigned)c->inference_pipeline : 1,
             .breaker_threshold = (unsigned)c->breaker_threshold,
             .ejection_time = c->ejection_time,
             .max_ejection_time = c->max_ejection_time,

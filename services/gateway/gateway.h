@@ -58,8 +58,9 @@ struct gw_conf {
     uint64_t max_infer_body;
     uint64_t max_upload_body;
     int64_t max_tensor_elements;
-    int64_t retries;           /* attempts after the first, idempotent requests */
-    int64_t breaker_threshold; /* consecutive failures that eject a replica */
+    int64_t retries;            /* attempts after the first, idempotent requests */
+    int64_t inference_pipeline; /* requests in flight per inference connection */
+    int64_t breaker_threshold;  /* consecutive failures that eject a replica */
     uint64_t ejection_time;
     uint64_t max_ejection_time;
     struct loom_conf_list cors_origins;
