@@ -608,6 +608,12 @@ loom_err loom_redis_command(struct loom_redis *r, int argc, const char *const *a
     return LOOM_OK;
 }
 
+void loom_redis_flush(struct loom_redis *r)
+{
+    if (r->ac && loom_redis_is_connected(r))
+        redisAsyncHandleWrite(r->ac);
+}
+
 /* ---- GCRA on Redis ---- */
 
 /* KEYS: the buckets; ARGV: per key, its period and tolerance in microseconds. Returns

@@ -139,6 +139,9 @@ bool loom_redis_is_connected(const struct loom_redis *r);
  */
 loom_err loom_redis_command(struct loom_redis *r, int argc, const char *const *argv,
                             const size_t *lens, loom_redis_cb cb, void *arg);
+/* Write the commands sent so far now, rather than when the loop next polls (so that they reach
+ * Redis before whatever the caller does next, an HTTP answer say). Loop thread only. */
+void loom_redis_flush(struct loom_redis *r);
 
 typedef void (*loom_ratelimit_cb)(const struct loom_ratelimit_result *res, loom_err err, void *arg);
 

@@ -501,8 +501,12 @@ void gw_idem_finish(struct gw_req *g, int status, const struct loom_http_header 
             size_t lens[] = { 3, strlen(rk) };
             e = loom_redis_command(g->gl->redis, 2, argv, lens, on_redis_done, rk);
         }
+        /* Written now, before the answer leaves (not when the loop next polls): a client that
+         * replays through another gateway at once finds the record, not the claim (409). */
         if (e)
             free(rk);
+        else
+            loom_redis_flush(g->gl->redis);
         loom_buf_release(&rec);
         return;
     }
