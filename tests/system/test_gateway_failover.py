@@ -9,11 +9,14 @@ dead replica (a reset connection, a refused connect) is retried on the other one
 request may fail. The gateway must eject the dead replica within a second of the kill (its
 "upstream address ejected" log line, and loom_gateway_upstream_ejections_total), and readmit it
 once it is back (the "upstream address readmitted" line, and predictions reaching the new
-process). The figures are printed.
+process). The figures are printed. Then clients that leave with pipelined requests in flight.
 """
 
 import datetime
+import json
 import os
+import random
+import socket
 import threading
 import time
 
@@ -108,6 +111,89 @@ def test_kill_one_replica_under_load(tmp_path):
               f"{len(failures)} failed; ejected {eject_s * 1000:.0f} ms after kill -9; "
               f"readmitted {readmit_s:.2f} s after the restart, then served {served:.0f}; "
               f"{retries:.0f} attempts retried")
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def test_clients_that_leave_mid_pipeline(tmp_path):
+    """Clients that vanish with requests in flight (cut off mid-request, after a few pipelined
+    requests, without reading, with a reset) while others predict: the gateway cancels their
+    calls on the pipelined inference connections without disturbing anyone else's answers, no
+    process dies, and nothing stays in flight."""
+    repo = write_repo(tmp_path / "repo")
+    b = Backends(tmp_path, services=("identity",)).start()
+    a = inference(tmp_path, repo, "inf-a")
+    c = inference(tmp_path, repo, "inf-b")
+    g = Gateway(tmp_path, b, "--gateway.client-rate-limits=admin=1000000/s:1000000",
+                inference=f"127.0.0.1:{a.ports['inference']},127.0.0.1:{c.ports['inference']}"
+                ).start()
+    procs = [b.proc, a, c, g]
+    try:
+        token = g.token("infer")
+        body = infer_body()
+        raw_body = json.dumps(body).encode()
+        raw = (f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\n"
+               f"Content-Type: application/json\r\nAuthorization: Bearer {token}\r\n"
+               f"Content-Length: {len(raw_body)}\r\n\r\n").encode() + raw_body
+        port = int(g.base.rsplit(":", 1)[1])
+        stop = threading.Event()
+        lock = threading.Lock()
+        results = []
+
+        def leaver(seed):
+            r = random.Random(seed)
+            while not stop.is_set():
+                s = socket.create_connection(("127.0.0.1", port))
+                data = raw * r.randint(1, 8)
+                cut = r.choice([len(data), len(data), r.randint(1, len(data))])
+                s.sendall(data[:cut])
+                if r.random() < 0.5:
+                    s.settimeout(0.02)
+                    try:
+                        s.recv(r.randint(1, 4000))
+                    except OSError:
+                        pass
+                if r.random() < 0.3:  # close with a reset
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+                s.close()
+
+        def client():
+            s = requests.Session()
+            h = {"Authorization": "Bearer " + token}
+            while not stop.is_set():
+                try:
+                    resp = s.post(g.base + f"/v2/models/{MODEL}/infer", json=body, headers=h,
+                                  timeout=10)
+                    out = resp.status_code if resp.status_code == 200 else \
+                        f"{resp.status_code} {resp.text}"
+                except requests.RequestException as e:
+                    out = repr(e)
+                with lock:
+                    results.append(out)
+
+        threads = [threading.Thread(target=leaver, args=(i,)) for i in range(4)] + \
+                  [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(3.0 * SLOW)
+        stop.set()
+        for t in threads:
+            t.join()
+        failures = [r for r in results if r != 200]
+        assert len(results) > 200, len(results)
+        assert not failures, failures[:10]
+        for p in (a, c, g):
+            assert p.proc.poll() is None, p.text()
+        deadline = time.time() + 5
+        while g.metric("gateway", "loom_gateway_in_flight") and time.time() < deadline:
+            time.sleep(0.05)
+        assert g.metric("gateway", "loom_gateway_in_flight") == 0, g.metrics("gateway")
+        r = requests.post(g.base + f"/v2/models/{MODEL}/infer", json=body,
+                          headers={"Authorization": "Bearer " + token}, timeout=10)
+        assert r.status_code == 200, r.text
+        print(f"\nclients leaving mid-pipeline: {len(results)} predictions by the others, "
+              f"{len(failures)} failed")
     finally:
         for p in reversed(procs):
             p.stop()
