@@ -251,7 +251,14 @@ static loom_err open_conn(struct sq_bus *b, bool sync_full, sqlite3 **out, struc
         return LOOM_EIO;
     }
     sqlite3_busy_handler(db, busy_wait, NULL);
-    loom_err e = exec(db, "PRAGMA journal_mode=WAL", err);
+    /* Turning a fresh database to WAL takes an exclusive lock for which SQLite does not call
+     * the busy handler: processes opening a new bus at once ("database is locked") retry. */
+    loom_err e;
+    for (int tries = 0;; tries++) {
+        e = exec(db, "PRAGMA journal_mode=WAL", err);
+        if (e != LOOM_EBUSY || !busy_wait(NULL, tries))
+            break;
+    }
     if (!e)
         e = exec(db, sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", err);
     /* The dedup index is keyed on event ids, often random (derived ids): its pages are read

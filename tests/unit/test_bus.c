@@ -706,6 +706,45 @@ static pid_t start_nats(const char *bin, int port, const char *dir)
     return pid;
 }
 
+/* Processes that open a fresh bus at the same moment all get it (turning the new file to WAL
+ * once failed in all but one with "database is locked"). */
+static void test_sqlite_concurrent_open(void)
+{
+    for (int round = 0; round < 10; round++) {
+        char url[300];
+        snprintf(url, sizeof(url), "sqlite:%s/fresh%d.db", g_dir, round);
+        int go[2];
+        CHECK_INT(pipe(go), 0);
+        pid_t kids[6];
+        for (int i = 0; i < 6; i++) {
+            kids[i] = fork();
+            if (kids[i] == 0) {
+                char c;
+                close(go[1]);
+                if (read(go[0], &c, 1) != 0) /* EOF: everyone starts together */
+                    _exit(3);
+                struct loom_bus *b = NULL;
+                struct loom_error err = { 0 };
+                loom_err e = loom_bus_open(url, NULL, &b, &err);
+                if (e)
+                    fprintf(stderr, "open: %s\n", err.msg);
+                else
+                    loom_bus_close(b);
+                _exit(e ? 1 : 0);
+            }
+        }
+        close(go[0]);
+        close(go[1]);
+        int ok = 0;
+        for (int i = 0; i < 6; i++) {
+            int st = 0;
+            waitpid(kids[i], &st, 0);
+            ok += WIFEXITED(st) && WEXITSTATUS(st) == 0;
+        }
+        CHECK_INT(ok, 6);
+    }
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -720,6 +759,7 @@ int main(void)
     g_dir = dir;
     RUN(test_sqlite_retention);
     RUN(test_sqlite_wal_restarts);
+    RUN(test_sqlite_concurrent_open);
 
     const char *bin = find_nats_server();
     if (!bin) {
