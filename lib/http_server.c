@@ -738,18 +738,20 @@ static void rq_reset(struct loom__http_conn *c, struct rq *r)
     r->req.owner = c->ls->srv->cfg.owner;
 }
 
+/* A fresh request: a spare (reset when it was recycled) or a new one. */
 static struct rq *rq_new(struct loom__http_conn *c)
 {
     struct rq *r = c->spares;
     if (r) {
         c->spares = r->next;
-    } else {
-        r = loom_new(struct rq);
-        loom_arena_init(&r->arena, 4096);
-        loom_buf_init(&r->body, 0);
-        loom_buf_init(&r->resp_headers, 64 * 1024);
-        loom_buf_init(&r->out, 0);
+        r->next = NULL;
+        return r;
     }
+    r = loom_new(struct rq);
+    loom_arena_init(&r->arena, 4096);
+    loom_buf_init(&r->body, 0);
+    loom_buf_init(&r->resp_headers, 64 * 1024);
+    loom_buf_init(&r->out, 0);
     rq_reset(c, r);
     return r;
 }
@@ -771,10 +773,9 @@ static void rq_recycle(struct loom__http_conn *c, struct rq *r)
     c->spares = r;
 }
 
-/* The parser's state for the next message, and a fresh current request. */
-static void reset_request(struct loom__http_conn *c)
+/* The parser's state for the next message. */
+static void reset_parse(struct loom__http_conn *c)
 {
-    rq_reset(c, c->cur);
     loom_buf_reset(&c->hoffs);
     c->continue_owed = false;
     c->streaming = false;
@@ -791,6 +792,13 @@ static void reset_request(struct loom__http_conn *c)
     c->target_off = c->target_len = c->head_end = 0;
     c->last_was_value = false;
     c->state = C_IDLE;
+}
+
+/* The parser's state for the next message, and the current request made fresh. */
+static void reset_request(struct loom__http_conn *c)
+{
+    rq_reset(c, c->cur);
+    reset_parse(c);
 }
 
 /* The handler has answered: account for it and get ready for the next request. */
@@ -833,7 +841,7 @@ static void pipe_push(struct loom__http_conn *c)
     if (!r->keepalive)
         c->close_after = true; /* nothing after it is read */
     c->cur = rq_new(c);
-    reset_request(c);
+    reset_parse(c);
     loom__h1_resume(&c->parser);
     set_deadline(c, UINT64_MAX); /* the handlers have it; a new message sets its own */
     if (r->responded)
@@ -1662,7 +1670,7 @@ static void conn_new(struct listener *ls, int fd)
     loom_buf_init(&c->hoffs, 0);
     c->cur = rq_new(c);
     loom__h1_init(&c->parser, LOOM__H1_REQUEST, &h1_callbacks, c);
-    reset_request(c);
+    reset_parse(c);
     loom_io_init(&c->io, ls->loop, fd, on_io);
     loom_timer_init(&c->timer, ls->loop, on_timer);
     c->next = ls->conns;
