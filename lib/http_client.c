@@ -335,34 +335,40 @@ static void queue_push(struct conn *c, struct loom_http_call *call)
     call->conn = c;
 }
 
-static struct loom_http_call *queue_pop(struct conn *c)
+/* Unlink `call` from the list of calls chained by qnext from *head to *tail (qnext kept). */
+static void qlist_unlink(struct loom_http_call **head, struct loom_http_call **tail,
+                         struct loom_http_call *call)
 {
-    struct loom_http_call *call = c->head;
-    c->head = call->qnext;
-    if (!c->head)
-        c->tail = NULL;
+    struct loom_http_call **p = head, *prev = NULL;
+    while (*p != call) {
+        prev = *p;
+        p = &prev->qnext;
+    }
+    *p = call->qnext;
+    if (*tail == call)
+        *tail = prev;
+}
+
+static void queue_unlink(struct conn *c, struct loom_http_call *call)
+{
+    qlist_unlink(&c->head, &c->tail, call);
     if (c->unsent == call)
         c->unsent = call->qnext;
     call->qnext = NULL;
     c->ncalls--;
+}
+
+static struct loom_http_call *queue_pop(struct conn *c)
+{
+    struct loom_http_call *call = c->head;
+    queue_unlink(c, call);
     return call;
 }
 
 /* Take a call that was never written out of the queue, wherever it stands. */
 static void queue_remove(struct conn *c, struct loom_http_call *call)
 {
-    struct loom_http_call **p = &c->head, *prev = NULL;
-    while (*p != call) {
-        prev = *p;
-        p = &prev->qnext;
-    }
-    *p = call->qnext;
-    if (c->tail == call)
-        c->tail = prev;
-    if (c->unsent == call)
-        c->unsent = call->qnext;
-    call->qnext = NULL;
-    c->ncalls--;
+    queue_unlink(c, call);
     call->conn = NULL;
 }
 
@@ -867,15 +873,7 @@ static void finish(struct loom_http_call *call)
 
 static void ready_unlink(struct loom_http_call *call)
 {
-    struct loom_http_upstream *up = call->up;
-    struct loom_http_call **p = &up->ready_head, *prev = NULL;
-    while (*p != call) {
-        prev = *p;
-        p = &prev->qnext;
-    }
-    *p = call->qnext;
-    if (up->ready_tail == call)
-        up->ready_tail = prev;
+    qlist_unlink(&call->up->ready_head, &call->up->ready_tail, call);
     call->qnext = NULL;
 }
 
