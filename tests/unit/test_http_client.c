@@ -203,6 +203,45 @@ static void send_all(int fd, const char *p, size_t n)
     }
 }
 
+/* The length of the complete request at the start of `b` (head and Content-Length body), or 0
+ * while it is incomplete. */
+static size_t request_len(const struct loom_buf *b)
+{
+    const char *end = b->len ? strstr(b->data, "\r\n\r\n") : NULL;
+    if (!end)
+        return 0;
+    size_t head = (size_t)(end - b->data) + 4, body = 0;
+    const char *cl = strcasestr(b->data, "\r\ncontent-length:");
+    if (cl && cl < end)
+        body = strtoul(cl + 17, NULL, 10);
+    return b->len < head + body ? 0 : head + body;
+}
+
+/* A listening loopback socket on a free port, for a test server's thread. */
+static int listen_loopback(int *port, char addr[32])
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    CHECK_INT(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    CHECK_INT(listen(fd, 64), 0);
+    *port = loom_net_local_port(fd);
+    snprintf(addr, 32, "127.0.0.1:%d", *port);
+    return fd;
+}
+
+/* Wake a test server's thread to stop, and wait for it. */
+static void server_stop(pthread_t th, int lfd, int wake[2])
+{
+    CHECK_INT(write(wake[1], "x", 1), 1);
+    pthread_join(th, NULL);
+    close(lfd);
+    close(wake[0]);
+    close(wake[1]);
+}
+
 static bool raw_canned(struct raw *r, int fd, int nth)
 {
     LOOM_UNUSED(nth);
@@ -222,18 +261,11 @@ static bool raw_close(struct raw *r, int fd, int nth)
 static bool raw_serve(struct raw *r, int fd, struct loom_buf *b, int *nth)
 {
     for (;;) {
-        const char *end = b->len ? strstr(b->data, "\r\n\r\n") : NULL;
-        if (!end)
-            return false;
-        size_t head = (size_t)(end - b->data) + 4;
-        size_t body = 0;
-        const char *cl = strcasestr(b->data, "\r\ncontent-length:");
-        if (cl && cl < end)
-            body = strtoul(cl + 17, NULL, 10);
-        if (b->len < head + body)
+        size_t len = request_len(b);
+        if (!len)
             return false;
         atomic_fetch_add(&r->requests, 1);
-        loom_buf_consume(b, head + body);
+        loom_buf_consume(b, len);
         if (!r->fn)
             continue;
         if (r->fn(r, fd, (*nth)++))
@@ -302,26 +334,14 @@ static void raw_start(struct raw *r, raw_fn fn, const char *reply, bool close_af
     r->fn = fn;
     r->reply = reply;
     r->close_after = close_after;
-    r->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa = { .sin_family = AF_INET };
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int one = 1;
-    setsockopt(r->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    CHECK_INT(bind(r->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    CHECK_INT(listen(r->lfd, 64), 0);
-    r->port = loom_net_local_port(r->lfd);
-    snprintf(r->addr, sizeof(r->addr), "127.0.0.1:%d", r->port);
+    r->lfd = listen_loopback(&r->port, r->addr);
     CHECK_INT(pipe2(r->wake, O_CLOEXEC), 0);
     pthread_create(&r->th, NULL, raw_main, r);
 }
 
 static void raw_stop(struct raw *r)
 {
-    CHECK_INT(write(r->wake[1], "x", 1), 1);
-    pthread_join(r->th, NULL);
-    close(r->lfd);
-    close(r->wake[0]);
-    close(r->wake[1]);
+    server_stop(r->th, r->lfd, r->wake);
 }
 
 /* ---- a raw server for pipelining: every request a read completes is answered in one write ---- */
@@ -365,14 +385,8 @@ static bool pipe_serve(struct pipe_srv *ps, struct pipe_conn *c)
     bool close_it = false;
     int n = 0;
     for (;;) {
-        const char *end = c->in.len ? strstr(c->in.data, "\r\n\r\n") : NULL;
-        if (!end)
-            break;
-        size_t head = (size_t)(end - c->in.data) + 4, body = 0;
-        const char *cl = strcasestr(c->in.data, "\r\ncontent-length:");
-        if (cl && cl < end)
-            body = strtoul(cl + 17, NULL, 10);
-        if (c->in.len < head + body)
+        size_t len = request_len(&c->in);
+        if (!len)
             break;
         n++;
         atomic_fetch_add(&ps->requests, 1);
@@ -383,7 +397,7 @@ static bool pipe_serve(struct pipe_srv *ps, struct pipe_conn *c)
         if (sp && sp2)
             snprintf(target, sizeof(target), "%.*s", (int)(sp2 - sp - 1), sp + 1);
         bool head_only = strncmp(c->in.data, "HEAD ", 5) == 0;
-        loom_buf_consume(&c->in, head + body);
+        loom_buf_consume(&c->in, len);
         if (c->stalled || close_it)
             continue;
         enum pipe_act act = ps->fn(c->idx, c->nth++);
@@ -482,24 +496,14 @@ static void pipe_start(struct pipe_srv *ps, pipe_fn fn)
 {
     memset(ps, 0, sizeof(*ps));
     ps->fn = fn;
-    ps->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa = { .sin_family = AF_INET };
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    CHECK_INT(bind(ps->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    CHECK_INT(listen(ps->lfd, 64), 0);
-    ps->port = loom_net_local_port(ps->lfd);
-    snprintf(ps->addr, sizeof(ps->addr), "127.0.0.1:%d", ps->port);
+    ps->lfd = listen_loopback(&ps->port, ps->addr);
     CHECK_INT(pipe2(ps->wake, O_CLOEXEC), 0);
     pthread_create(&ps->th, NULL, pipe_main, ps);
 }
 
 static void pipe_stop(struct pipe_srv *ps)
 {
-    CHECK_INT(write(ps->wake[1], "x", 1), 1);
-    pthread_join(ps->th, NULL);
-    close(ps->lfd);
-    close(ps->wake[0]);
-    close(ps->wake[1]);
+    server_stop(ps->th, ps->lfd, ps->wake);
 }
 
 /* A loopback address where nothing listens: connecting to it is refused. */
