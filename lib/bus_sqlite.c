@@ -26,6 +26,8 @@
  * behind retention skips what was deleted. A thread of each process, the checkpointer, copies
  * the WAL back into the database in small steps, off the commits' path (see checkpointer()).
  */
+#include "internal.h"
+
 #include <loom/bus.h>
 #include <loom/digest.h>
 #include <loom/id.h>
@@ -251,14 +253,11 @@ static loom_err open_conn(struct sq_bus *b, bool sync_full, sqlite3 **out, struc
         return LOOM_EIO;
     }
     sqlite3_busy_handler(db, busy_wait, NULL);
-    /* Turning a fresh database to WAL takes an exclusive lock for which SQLite does not call
-     * the busy handler: processes opening a new bus at once ("database is locked") retry. */
-    loom_err e;
-    for (int tries = 0;; tries++) {
-        e = exec(db, "PRAGMA journal_mode=WAL", err);
-        if (e != LOOM_EBUSY || !busy_wait(NULL, tries))
-            break;
-    }
+    /* Processes may open a new bus at the same moment. */
+    loom_err e = LOOM_OK;
+    rc = loom__sqlite_exec_busy(db, "PRAGMA journal_mode=WAL", 30 * LOOM_NS_PER_SEC);
+    if (rc != SQLITE_OK)
+        e = sq_error(db, rc, err, "cannot switch to WAL");
     if (!e)
         e = exec(db, sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", err);
     /* The dedup index is keyed on event ids, often random (derived ids): its pages are read

@@ -13,6 +13,16 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* ---- SQLite (lib/store_sqlite.c) ---- */
+
+struct sqlite3;
+
+/* sqlite3_exec, tried again every 2 ms for up to timeout_ns while SQLite answers BUSY or
+ * LOCKED at once, without its busy handler: switching a fresh file to WAL takes an exclusive
+ * lock that way, and processes opening a new database together collide on it. Returns SQLite's
+ * last result code. */
+int loom__sqlite_exec_busy(struct sqlite3 *db, const char *sql, uint64_t timeout_ns);
+
 /* ---- HTTP/1.1 message parser (lib/h1.c) ---- */
 
 /* RFC 9110 checks shared by the HTTP server and client (lib/http.c): a field name is a

@@ -8,6 +8,7 @@
  * named parameter; each one is bound by the number in its name, which gives PostgreSQL's
  * meaning (reused, in any order) without rewriting the SQL.
  */
+#include "internal.h"
 #include "store_backend.h"
 
 #include <fcntl.h>
@@ -105,22 +106,10 @@ static loom_err sqlite_open(const struct loom__store_conf *conf, struct loom_db 
      * or kernel crash may undo the last transactions, which is the usual trade for a server.
      * Foreign keys are off by default in SQLite and on in PostgreSQL.
      */
-    /* Switching a new file to WAL takes an exclusive lock, and SQLite answers BUSY at once
-     * rather than through the busy handler when another process is setting up the same file
-     * at the same moment (two replicas starting together): try again until busy_timeout. */
-    uint64_t give_up = loom_now_ns() + conf->busy_timeout_ns;
-    for (;;) {
-        rc = sqlite3_exec(h,
-                          "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
-                          "PRAGMA foreign_keys=ON",
-                          NULL, NULL, NULL);
-        if ((rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED)
-            break;
-        if (loom_now_ns() >= give_up)
-            break;
-        struct timespec ts = { 0, 2 * 1000 * 1000 };
-        nanosleep(&ts, NULL);
-    }
+    /* Two replicas may set up the same new file at the same moment. */
+    rc = loom__sqlite_exec_busy(
+        h, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON",
+        conf->busy_timeout_ns);
     if (rc != SQLITE_OK) {
         lrc = loom_error_set(err, LOOM_ECONNECT, "sqlite: cannot set up %s: %s", conf->target,
                              sqlite3_errmsg(h));
@@ -335,3 +324,16 @@ const struct loom__store_type loom__store_sqlite = {
     .rollback = sqlite_rollback,
     .is_broken = sqlite_is_broken,
 };
+
+int loom__sqlite_exec_busy(struct sqlite3 *db, const char *sql, uint64_t timeout_ns)
+{
+    uint64_t give_up = loom_now_ns() + timeout_ns;
+    for (;;) {
+        int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+        if (((rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED) ||
+            loom_now_ns() >= give_up)
+            return rc;
+        struct timespec ts = { 0, 2 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+}
